@@ -1,0 +1,1 @@
+"""Pure analyses on arrays and tables (no torch); plotting is confined to plots.py."""

@@ -1,0 +1,84 @@
+"""The command line: `adaptertune train | analyze {spectrum,capacity,significance} | report | demo`.
+
+Errors a user can cause end in one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import sys
+from pathlib import Path
+
+from .config import Config
+from .errors import UserError
+
+ANALYSES = ("spectrum", "capacity", "significance")
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train adapters / baselines over a rank x seed sweep",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", default="runs", help="sweep folder; each run gets <out>/<run-id>/")
+    p.add_argument("--rank", dest="ranks", default=str(Config.rank),
+                   help="rank spec: 4..64 (doubling: 4,8,16,32,64) or a list 4,12,20")
+    p.add_argument("--seeds", "--seed", dest="seeds", default="0", help="seed spec: 0..2 (0,1,2) or a list")
+    p.add_argument("--method", dest="methods", default="adapter", help="one or several of adapter,head,full")
+    skip = {"rank", "seed", "method"}
+    for f in dataclasses.fields(Config):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float}.get(f.type, str)
+            p.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+    p.set_defaults(func=_train)
+
+
+def _train(args) -> int:
+    from .sweep import plan, parse_methods, parse_ranks, parse_seeds, run_sweep
+
+    names = {f.name for f in dataclasses.fields(Config)}
+    base = Config(**{k: v for k, v in vars(args).items() if k in names})
+    configs = plan(base, parse_methods(args.methods), parse_ranks(args.ranks), parse_seeds(args.seeds))
+    return run_sweep(configs, Path(args.out))
+
+
+def _analysis_parsers(sub) -> None:
+    p = sub.add_parser("analyze", help="analyse finished runs")
+    asub = p.add_subparsers(dest="analysis", required=True, metavar="{" + ",".join(ANALYSES) + "}")
+    for name in ANALYSES:
+        module = importlib.import_module(f"adaptertune.analysis.{name}")
+        q = asub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0],
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        q.add_argument("runs", type=Path, help="a folder of run directories (searched recursively)")
+        q.add_argument("--out", type=Path, default=None, help="output folder (default: RUNS/analysis)")
+        module.add_arguments(q)
+        q.set_defaults(func=module.run_command)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="adaptertune", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    _train_parser(sub)
+    _analysis_parsers(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"adaptertune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("adaptertune: interrupted; finished runs are kept, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

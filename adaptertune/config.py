@@ -1,0 +1,123 @@
+"""The typed run configuration: every default is the reference protocol (DESIGN.md).
+
+`Config` is serialised as config.json in each run directory; the command line maps onto its
+fields one to one (`--batch-size` is `batch_size`). Imports no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import UserError
+
+METHODS = ("adapter", "head", "full")
+PLACEMENTS = ("block", "attn", "mlp", "parallel")
+INITS = ("zero", "small", "random")
+ACTIVATIONS = ("gelu", "relu", "identity")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def _opt(default, help, **kw):
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class Config:
+    # -- what is trained ---------------------------------------------------------------------
+    dataset: str = _opt("cifar100", "torchvision name, folder:PATH, synthetic or planted")
+    data_root: str = _opt("data", "where datasets are downloaded to / read from")
+    backbone: str = _opt("vit_small_patch16_224", "timm ViT name (vit_*, deit_*) or a tiny test ViT")
+    weights: str = _opt("hub", "'hub' (timm pretrained), 'none' (random init) or a checkpoint PATH")
+    method: str = _opt("adapter", "adapter | head (linear probe) | full (full fine-tuning)", choices=METHODS)
+    # -- the adapter: x <- block(x); x <- x + scale * W_up act(W_down x) ------------------------
+    rank: int = _opt(16, "adapter bottleneck width r")
+    placement: str = _opt("block", "after the block | after attn | after the mlp | parallel to the mlp", choices=PLACEMENTS)
+    blocks: str = _opt("all", "which blocks get adapters: all | every:K | last:K")
+    init: str = _opt("zero", "zero W_up | small W_up ~ N(0, 1e-4) | random (both factors random)", choices=INITS)
+    activation: str = _opt("gelu", "bottleneck nonlinearity", choices=ACTIVATIONS)
+    scale: float = _opt(1.0, "adapter output scale")
+    # -- optimisation: AdamW, cosine per step with linear warmup -------------------------------
+    seed: int = _opt(0, "seed of the run (init, val split, batch order, augmentation)")
+    epochs: int = _opt(50, "training epochs")
+    batch_size: int = _opt(1024, "batch size")
+    lr: float = _opt(5e-4, "learning rate at batch 1024; scaled linearly with --batch-size")
+    weight_decay: float = _opt(0.05, "AdamW weight decay (not on biases, norms, embeddings)")
+    warmup_epochs: float = _opt(5.0, "linear warmup before the cosine decay")
+    clip_grad: float = _opt(1.0, "gradient-norm clipping (0 disables)")
+    label_smoothing: float = _opt(0.0, "cross-entropy label smoothing")
+    # -- data ----------------------------------------------------------------------------------
+    image_size: int = _opt(224, "input resolution (0: the backbone's own)")
+    augment: bool = _opt(True, "RandomResizedCrop + flip while training (eval: resize/center crop)")
+    val_fraction: float = _opt(0.1, "share of the training set held out for validation, split by --seed")
+    feature_samples: int = _opt(1024, "test images whose frozen/adapted features are saved (same for every run)")
+    block_features: bool = _opt(False, "also save per-block features")
+    # -- synthetic / planted tasks (offline) -----------------------------------------------------
+    num_classes: int = _opt(10, "classes of the synthetic / planted task")
+    train_samples: int = _opt(5000, "training images of the synthetic / planted task")
+    test_samples: int = _opt(2000, "test images of the synthetic / planted task")
+    planted_rank: int = _opt(4, "rank k* of the teacher's planted adapters")
+    planted_strength: float = _opt(1.0, "size of the teacher's planted shift (0: teacher == backbone)")
+    # -- execution -------------------------------------------------------------------------------
+    device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
+    precision: str = _opt("auto", "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16", choices=PRECISIONS)
+    compile: bool = _opt(False, "torch.compile the model")
+    workers: int = _opt(4, "workers decoding image files into the uint8 cache")
+    log_every: int = _opt(50, "steps between progress lines")
+
+    # ------------------------------------------------------------------------------------------
+    def validate(self) -> "Config":
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            if choices and getattr(self, f.name) not in choices:
+                raise UserError(f"--{_flag(f.name)} {getattr(self, f.name)!r}: choose one of {', '.join(choices)}")
+        if self.method == "adapter" and self.rank < 1:
+            raise UserError(f"--rank {self.rank}: an adapter needs rank >= 1")
+        for name in ("epochs", "batch_size", "feature_samples", "num_classes", "train_samples", "test_samples"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.val_fraction < 1:
+            raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        parse_blocks(self.blocks, depth=None)
+        return self
+
+    @property
+    def run_id(self) -> str:
+        """`{dataset}-{backbone}-{method}[-r{rank}]-s{seed}`, plus what differs from the defaults."""
+        dataset = self.dataset.replace("folder:", "").rstrip("/").split("/")[-1]
+        parts = [dataset, self.backbone, self.method]
+        if self.method == "adapter":
+            parts.append(f"r{self.rank}")
+            default = Config()
+            for name in ("placement", "blocks", "init", "activation"):
+                if getattr(self, name) != getattr(default, name):
+                    parts.append(getattr(self, name).replace(":", ""))
+            if self.scale != default.scale:
+                parts.append(f"x{self.scale:g}")
+        parts.append(f"s{self.seed}")
+        return "-".join(parts)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def parse_blocks(spec: str, depth: int | None) -> list[int] | None:
+    """Block indices for `all`, `every:K` (blocks K-1, 2K-1, ...: the last of every K) or `last:K`."""
+    kind, _, k = spec.partition(":")
+    if kind == "all" and not k:
+        return None if depth is None else list(range(depth))
+    if kind in ("every", "last") and k.isdigit() and int(k) >= 1:
+        if depth is None:
+            return None
+        k = int(k)
+        return [i for i in range(depth) if i % k == k - 1] if kind == "every" else list(range(max(0, depth - k), depth))
+    raise UserError(f"--blocks {spec!r}: expected all, every:K or last:K with K >= 1")
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
