@@ -47,7 +47,7 @@ class Config:
     clip_grad: float = _opt(1.0, "gradient-norm clipping (0 disables)")
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing")
     # -- data ----------------------------------------------------------------------------------
-    image_size: int = _opt(224, "input resolution (0: the backbone's own)")
+    image_size: int = _opt(0, "input resolution (0: the backbone's own, 224 for the reference ViTs)")
     augment: bool = _opt(True, "RandomResizedCrop + flip while training (eval: resize/center crop)")
     val_fraction: float = _opt(0.1, "share of the training set held out for validation, split by --seed")
     feature_samples: int = _opt(1024, "test images whose frozen/adapted features are saved (same for every run)")

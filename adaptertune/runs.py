@@ -29,7 +29,8 @@ FINISHED = ("complete", "diverged")  # a sweep does not rerun these; "failed" is
 
 # -- atomic writes ---------------------------------------------------------------------------------
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """Call `write(binary_file)` on a temporary file beside `path`, fsync, then rename over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -45,7 +46,7 @@ def _atomic(path: Path, write) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic(path, lambda f: f.write(text.encode()))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_json(path: Path, obj) -> None:
@@ -78,7 +79,7 @@ def save_arrays(path: Path, arrays: dict[str, np.ndarray], metadata: dict[str, s
     from safetensors.numpy import save
 
     blob = save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata=metadata)
-    _atomic(path, lambda f: f.write(blob))
+    atomic_write(path, lambda f: f.write(blob))
 
 
 def load_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -1,0 +1,94 @@
+"""Rank / seed / method specs, sweep planning, and running a sweep run by run."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import time
+from pathlib import Path
+
+from . import runs
+from .config import METHODS, Config
+from .errors import UserError
+
+
+def parse_spec(spec: str, what: str, doubling: bool, minimum: int) -> list[int]:
+    """`a..b` (doubling: a, 2a, 4a, ..., b; else a, a+1, ..., b) or a list `a,b,c`; sorted, unique."""
+    spec = spec.replace(" ", "")
+    m = re.fullmatch(r"(\d+)\.\.(\d+)", spec)
+    if m:
+        a, b = int(m[1]), int(m[2])
+        if a < minimum or b < a:
+            raise UserError(f"--{what} {spec}: need {minimum} <= start <= end")
+        if not doubling:
+            return list(range(a, b + 1))
+        values = [a]
+        while values[-1] < b:
+            values.append(values[-1] * 2)
+        if values[-1] != b:
+            raise UserError(f"--{what} {spec}: {b} is not {a} times a power of two (a..b doubles from a to b)")
+        return values
+    if re.fullmatch(r"\d+(,\d+)*,?", spec):
+        values = sorted({int(v) for v in spec.strip(",").split(",")})
+        if values[0] < minimum:
+            raise UserError(f"--{what} {spec}: values must be >= {minimum}")
+        return values
+    example = "4..64 or 4,12,20" if doubling else "0..2 or 0,3,7"
+    raise UserError(f"--{what} {spec!r}: expected a range like {example}")
+
+
+def parse_ranks(spec: str) -> list[int]:
+    return parse_spec(str(spec), "rank", doubling=True, minimum=1)
+
+
+def parse_seeds(spec: str) -> list[int]:
+    return parse_spec(str(spec), "seeds", doubling=False, minimum=0)
+
+
+def parse_methods(spec: str) -> list[str]:
+    methods = [m for m in spec.replace(" ", "").split(",") if m]
+    bad = [m for m in methods if m not in METHODS]
+    if bad or not methods:
+        raise UserError(f"--method {spec!r}: choose from {', '.join(METHODS)} (comma-separated)")
+    return list(dict.fromkeys(methods))
+
+
+def plan(base: Config, methods: list[str], ranks: list[int], seeds: list[int]) -> list[Config]:
+    """Every run of the sweep: adapters at each rank x seed; baselines (no rank) at each seed."""
+    configs = []
+    for method in methods:
+        for rank in ranks if method == "adapter" else [base.rank]:
+            for seed in seeds:
+                configs.append(dataclasses.replace(base, method=method, rank=rank, seed=seed).validate())
+    return configs
+
+
+def run_sweep(configs: list[Config], out: Path, log=print) -> int:
+    """Run each configuration into `out/<run-id>`; skip finished runs, resume interrupted ones.
+
+    A diverged run is recorded and the sweep goes on; so does a run that fails with an
+    unexpected error (recorded as "failed", retried by the next sweep). Returns 1 if any failed.
+    """
+    from .train import train_run
+
+    failed = 0
+    for i, config in enumerate(configs, 1):
+        run_dir = Path(out) / config.run_id
+        if runs.is_finished(run_dir):
+            log(f"[{i}/{len(configs)}] {config.run_id}: finished, skipped")
+            continue
+        log(f"[{i}/{len(configs)}] {config.run_id}")
+        start = time.perf_counter()
+        try:
+            summary = train_run(config, run_dir, log=log)
+        except (UserError, KeyboardInterrupt):
+            raise
+        except Exception as e:  # record it, keep the sweep going
+            failed += 1
+            runs.write_json(run_dir / "summary.json", {"status": "failed", "error": f"{e.__class__.__name__}: {e}"})
+            log(f"[{i}/{len(configs)}] {config.run_id}: FAILED ({e.__class__.__name__}: {e})")
+            continue
+        acc = summary.get("test_acc1")
+        log(f"[{i}/{len(configs)}] {config.run_id}: {summary['status']}"
+            + (f", test acc {acc:.2f}" if acc is not None else "") + f" ({time.perf_counter() - start:.0f}s)")
+    return 1 if failed else 0

@@ -1,0 +1,233 @@
+"""One training run, top to bottom: data, model, AdamW + warmup/cosine, epochs, best-on-val, test once.
+
+`train_run(config, run_dir)` writes the run directory (runs.py) and returns its summary. It
+checkpoints after every epoch and resumes from the last checkpoint; a finished run is not rerun.
+The step loop never syncs with the host except every `log_every` steps and at the end of an epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.data import resolve_model_data_config
+
+from . import __version__, data, runs
+from .adapters import adapters_disabled
+from .backbones import build_model, input_size, trainable_state
+from .config import Config
+from .features import extract
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def environment() -> dict:
+    import timm
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"adaptertune": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__, "python": platform.python_version(), "git_commit": commit,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def lr_schedule(step: int, total: int, warmup: int) -> float:
+    """Multiplier of the base lr: linear warmup over `warmup` steps, then cosine to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+
+def param_groups(model, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: not on biases, norms, position/class embeddings."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    """The pieces of a run that every epoch needs; built once per run."""
+
+    def __init__(self, config: Config, log=print):
+        self.config, self.log = config, log
+        self.device = resolve_device(config.device)
+        self.precision = config.precision if config.precision != "auto" else (
+            "bf16" if self.device.type == "cuda" else "fp32")
+        self.size = input_size(config.backbone, config.image_size)
+        train, self.test = data.load(config, self.size)
+        self.train_all = train.to(self.device)
+        self.test = self.test.to(self.device)
+        torch.manual_seed(config.seed)
+        self.model, self.counts = build_model(config, train.num_classes)
+        self.model.to(self.device)
+        dc = resolve_model_data_config(self.model)
+        self.mean, self.std = dc["mean"], dc["std"]
+        self.lr = config.lr * config.batch_size / 1024  # linear scaling rule
+        fused = self.device.type == "cuda"
+        self.opt = torch.optim.AdamW(param_groups(self.model, config.weight_decay), lr=self.lr, fused=fused)
+        self.forward = torch.compile(self.model) if config.compile else self.model
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+
+    def inputs(self, x: torch.Tensor, train: bool, generator=None) -> torch.Tensor:
+        return data.transform(x, self.size, self.mean, self.std, train and self.config.augment, generator)
+
+    def train_epoch(self, idx: np.ndarray, epoch: int, step: int, total: int, warmup: int) -> dict:
+        """One pass over `idx` in a seeded order; returns the epoch's mean loss/acc and speed."""
+        c, model = self.config, self.model
+        model.train()
+        order = torch.from_numpy(idx)[torch.randperm(len(idx), generator=torch.Generator().manual_seed(
+            c.seed * 100_003 + epoch))]
+        aug = torch.Generator(device=self.device).manual_seed(c.seed * 100_003 + epoch)
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device)
+        start, n_steps = time.perf_counter(), math.ceil(len(order) / c.batch_size)
+        for i in range(n_steps):
+            x, y = self.train_all.batch(order[i * c.batch_size:(i + 1) * c.batch_size], self.device)
+            for group in self.opt.param_groups:
+                group["lr"] = self.lr * lr_schedule(step, total, warmup)
+            with self.autocast():
+                logits = self.forward(self.inputs(x, train=True, generator=aug))
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=c.label_smoothing)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if c.clip_grad > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip_grad, foreach=True)
+            self.opt.step()
+            step += 1
+            loss_sum += loss.detach() * len(y)
+            correct += (logits.argmax(1) == y).sum()
+            if c.log_every and (i + 1) % c.log_every == 0:
+                self.log(f"  step {i + 1}/{n_steps}  loss {loss.item():.4f}")
+        seconds = time.perf_counter() - start
+        return {"loss": loss_sum.item() / len(order), "acc1": 100 * correct.item() / len(order),
+                "lr": self.opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": len(order) / seconds,
+                "step": step}
+
+    @torch.inference_mode()
+    def evaluate(self, images: data.Images, idx: np.ndarray, batch_size: int = 1024) -> dict:
+        """Mean loss, top-1 and top-5 accuracy (%) over `idx`, eval crop, no augmentation."""
+        self.model.eval()
+        k = min(5, images.num_classes)
+        loss_sum = torch.zeros((), device=self.device)
+        top1 = torch.zeros((), device=self.device)
+        top5 = torch.zeros((), device=self.device)
+        start = time.perf_counter()
+        for s in range(0, len(idx), batch_size):
+            x, y = images.batch(torch.from_numpy(idx[s:s + batch_size]), self.device)
+            with self.autocast():
+                logits = self.forward(self.inputs(x, train=False)).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            hit = logits.topk(k, dim=1).indices == y[:, None]
+            top1 += hit[:, 0].sum()
+            top5 += hit.any(1).sum()
+        seconds = time.perf_counter() - start
+        n = len(idx)
+        return {"loss": loss_sum.item() / n, "acc1": 100 * top1.item() / n, "acc5": 100 * top5.item() / n,
+                "seconds": seconds, "images_per_s": n / seconds}
+
+    def features(self, idx: np.ndarray) -> dict[str, np.ndarray]:
+        return extract(self.model, self.test, idx, size=self.size, mean=self.mean, std=self.std,
+                       device=self.device, autocast=self.autocast(), blocks=self.config.block_features)
+
+
+def train_run(config: Config, run_dir: Path, log=print) -> dict:
+    """Train one configuration into `run_dir` (resuming if a checkpoint is there); returns the summary."""
+    config.validate()
+    run_dir = Path(run_dir)
+    if runs.is_finished(run_dir):
+        return json.loads((run_dir / "summary.json").read_text())
+    t = Trainer(config, log)
+    c = config
+    metrics_path, ckpt_path = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    # config.json + the validation split: written once, reused by a resumed run.
+    split_path = run_dir / "split.json"
+    if split_path.exists():
+        val_idx = np.array(json.loads(split_path.read_text())["val"], dtype=np.int64)
+        train_idx = np.setdiff1d(np.arange(len(t.train_all)), val_idx)
+    else:
+        train_idx, val_idx = data.split_indices(len(t.train_all), c.val_fraction, c.seed)
+        runs.write_json(split_path, {"seed": c.seed, "val": val_idx})
+    runs.write_json(run_dir / "config.json", {**c.to_dict(), "resolved": {
+        "device": str(t.device), "precision": t.precision, "input_size": t.size, "lr": t.lr,
+        "mean": t.mean, "std": t.std, "num_classes": t.train_all.num_classes,
+        "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(t.test)}, "env": environment()})
+    feat_idx = data.feature_indices(len(t.test), c.feature_samples)
+
+    steps_per_epoch = math.ceil(len(train_idx) / c.batch_size)
+    total, warmup = c.epochs * steps_per_epoch, round(c.warmup_epochs * steps_per_epoch)
+    epoch, step, best, best_state, train_seconds = 0, 0, -1.0, None, 0.0
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=t.device, weights_only=False)
+        t.model.load_state_dict(ck["trainable"], strict=False)
+        t.opt.load_state_dict(ck["optimizer"])
+        epoch, step, best, best_state, frozen, train_seconds = (
+            ck["epoch"], ck["step"], ck["best_val_acc1"], ck["best_state"], ck["frozen"], ck["train_seconds"])
+        runs.write_lines(metrics_path, [m for m in runs.read_lines(metrics_path) if m["epoch"] <= epoch])
+        log(f"resuming {run_dir.name} after epoch {epoch}/{c.epochs}")
+    else:
+        metrics_path.unlink(missing_ok=True)
+        with adapters_disabled(t.model):  # the backbone's own features, whatever the adapter init
+            frozen = t.features(feat_idx)
+
+    status = "complete"
+    while epoch < c.epochs:
+        tr = t.train_epoch(train_idx, epoch, step, total, warmup)
+        step, epoch = tr.pop("step"), epoch + 1
+        train_seconds += tr["seconds"]
+        if not math.isfinite(tr["loss"]):
+            runs.append_line(metrics_path, {"epoch": epoch, "split": "train", **tr})
+            status = "diverged"
+            log(f"{run_dir.name}: loss is {tr['loss']} at epoch {epoch}: diverged")
+            break
+        val = t.evaluate(t.train_all, val_idx)
+        runs.append_line(metrics_path, {"epoch": epoch, "split": "train", **tr})
+        runs.append_line(metrics_path, {"epoch": epoch, "split": "val", **val, "lr": tr["lr"]})
+        if val["acc1"] > best:
+            best, best_state = val["acc1"], trainable_state(t.model)
+        log(f"{run_dir.name} epoch {epoch}/{c.epochs}  train loss {tr['loss']:.4f} acc {tr['acc1']:.2f}  "
+            f"val acc {val['acc1']:.2f}  {tr['images_per_s']:.0f} img/s")
+        runs.atomic_write(ckpt_path, lambda f: torch.save({
+            "epoch": epoch, "step": step, "best_val_acc1": best, "best_state": best_state, "frozen": frozen,
+            "train_seconds": train_seconds, "trainable": trainable_state(t.model),
+            "optimizer": t.opt.state_dict()}, f))
+
+    summary = {"status": status, **t.counts, "train_seconds": train_seconds, "epochs_done": epoch,
+               "best_val_acc1": best if best >= 0 else None}
+    if status == "complete":
+        t.model.load_state_dict(best_state, strict=False)  # model selection on validation only
+        test = t.evaluate(t.test, np.arange(len(t.test)))  # the test split, touched once
+        runs.append_line(metrics_path, {"epoch": epoch, "split": "test", **test})
+        adapted = t.features(feat_idx)
+        arrays = {"frozen": frozen["features"], "adapted": adapted["features"],
+                  "labels": t.test.labels[torch.from_numpy(feat_idx)].numpy(), "indices": feat_idx}
+        for key in adapted:
+            if key != "features":
+                arrays[f"frozen.{key}"], arrays[f"adapted.{key}"] = frozen[key], adapted[key]
+        runs.save_arrays(run_dir / "features.safetensors", arrays)
+        runs.save_arrays(run_dir / "adapter.safetensors",
+                         {k: v.float().cpu().numpy() for k, v in best_state.items()},
+                         metadata={"config": json.dumps(c.to_dict())})
+        summary.update(test_acc1=test["acc1"], test_acc5=test["acc5"], test_loss=test["loss"])
+    runs.write_json(run_dir / "summary.json", summary)  # last: its presence marks the run as finished
+    ckpt_path.unlink(missing_ok=True)
+    return summary
