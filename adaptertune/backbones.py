@@ -51,8 +51,10 @@ def create_backbone(name: str, weights: str = "hub", num_classes: int = 10, imag
         kwargs["img_size"] = image_size
     kwargs["num_classes"] = num_classes
 
-    if weights == "none":
-        return timm.create_model(arch, pretrained=False, **kwargs)
+    if weights == "none":  # a fixed random backbone: the same function for every run and the planted teacher
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return timm.create_model(arch, pretrained=False, **kwargs)
     if weights == "hub":
         if name in TINY:
             raise UserError(f"{name} is a test architecture with no pretrained weights; pass --weights none")
@@ -87,6 +89,7 @@ def build_model(config: Config, num_classes: int) -> tuple[nn.Module, dict]:
     fine-tuning trains, the study's denominator) and trainable_fraction = trainable / full_trainable.
     """
     model = create_backbone(config.backbone, config.weights, num_classes, config.image_size)
+    model.reset_classifier(num_classes)  # a fresh head drawn from the run's seed
     full_trainable = sum(p.numel() for p in model.parameters())
     if config.method == "adapter":
         add_adapters(model, config.rank, config.placement, config.blocks, config.init, config.activation, config.scale)

@@ -1,0 +1,165 @@
+"""End to end on the CPU: the CLI sweep, the run directory contract, skipping and resuming."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from adaptertune import data, runs
+from adaptertune.backbones import create_backbone
+from adaptertune.cli import main
+from adaptertune.config import Config
+
+TINY = ["--dataset", "synthetic", "--backbone", "vit_nano", "--weights", "none", "--train-samples", "300",
+        "--test-samples", "100", "--feature-samples", "64", "--batch-size", "64", "--log-every", "0"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    argv = ["train", *TINY, "--rank", "1..2", "--seeds", "0..1", "--method", "adapter,head", "--epochs", "2",
+            "--block-features", "--out", str(out)]
+    assert main(argv) == 0
+    return out, argv
+
+
+def test_sweep_writes_complete_run_directories(sweep):
+    out, _ = sweep
+    ids = sorted(p.name for p in out.iterdir())
+    assert ids == sorted(["synthetic-vit_nano-adapter-r1-s0", "synthetic-vit_nano-adapter-r1-s1",
+                          "synthetic-vit_nano-adapter-r2-s0", "synthetic-vit_nano-adapter-r2-s1",
+                          "synthetic-vit_nano-head-s0", "synthetic-vit_nano-head-s1"])
+    for run_dir in out.iterdir():
+        names = {p.name for p in run_dir.iterdir()}
+        assert {"config.json", "metrics.jsonl", "summary.json", "adapter.safetensors",
+                "features.safetensors"} <= names and "checkpoint.pt" not in names
+        config = json.loads((run_dir / "config.json").read_text())
+        assert Config.from_dict(config).run_id == run_dir.name
+        assert {"resolved", "env"} <= set(config) and config["env"]["torch"] == torch.__version__
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "complete"
+        for key in ("test_acc1", "best_val_acc1", "trainable_params", "total_params", "train_seconds"):
+            assert summary[key] is not None
+        events = runs.read_lines(run_dir / "metrics.jsonl")
+        assert [(e["epoch"], e["split"]) for e in events] == [(1, "train"), (1, "val"), (2, "train"), (2, "val"),
+                                                              (2, "test")]
+        for e in events:
+            assert {"loss", "acc1", "seconds", "images_per_s"} <= set(e)
+        f = runs.load_arrays(run_dir / "features.safetensors")
+        assert f["frozen"].shape == f["adapted"].shape == (64, 48) and f["frozen"].dtype == np.float32
+        assert f["labels"].shape == f["indices"].shape == (64,)
+        assert f["frozen.block2"].shape == (64, 48)
+
+
+def test_every_run_of_a_sweep_shares_the_frozen_features(sweep):
+    out, _ = sweep
+    feats = [runs.load_arrays(p / "features.safetensors") for p in sorted(out.iterdir())]
+    for f in feats[1:]:
+        assert np.array_equal(f["indices"], feats[0]["indices"])
+        np.testing.assert_allclose(f["frozen"], feats[0]["frozen"], rtol=1e-5, atol=1e-5)
+    head = runs.load_arrays(out / "synthetic-vit_nano-head-s0" / "features.safetensors")
+    adapter = runs.load_arrays(out / "synthetic-vit_nano-adapter-r2-s0" / "features.safetensors")
+    assert np.array_equal(head["adapted"], head["frozen"])  # a linear probe does not move the features
+    assert not np.allclose(adapter["adapted"], adapter["frozen"])
+
+
+def test_adapter_file_holds_only_trainable_weights(sweep):
+    out, _ = sweep
+    weights = runs.load_arrays(out / "synthetic-vit_nano-adapter-r2-s0" / "adapter.safetensors")
+    assert all(k.startswith("head.") or ".adapter." in k for k in weights)
+    summary = json.loads((out / "synthetic-vit_nano-adapter-r2-s0" / "summary.json").read_text())
+    assert sum(v.size for v in weights.values()) == summary["trainable_params"]
+
+
+def test_rerun_skips_finished_runs(sweep, capsys):
+    out, argv = sweep
+    before = {p: (p / "summary.json").stat().st_mtime_ns for p in out.iterdir()}
+    assert main(argv) == 0
+    assert capsys.readouterr().out.count("finished, skipped") == 6
+    assert before == {p: (p / "summary.json").stat().st_mtime_ns for p in out.iterdir()}
+
+
+def test_killed_run_resumes_and_completes(tmp_path):
+    argv = [sys.executable, "-m", "adaptertune.cli", "train", *TINY, "--train-samples", "2000", "--epochs", "6",
+            "--rank", "2", "--out", str(tmp_path)]
+    run_dir = tmp_path / "synthetic-vit_nano-adapter-r2-s0"
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "summary.json").exists(), "finished before it could be killed"
+    done = [e["epoch"] for e in runs.read_lines(run_dir / "metrics.jsonl") if e["split"] == "val"]
+    assert 1 <= len(done) < 6
+    result = subprocess.run(argv, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {run_dir.name} after epoch" in result.stdout
+    events = runs.read_lines(run_dir / "metrics.jsonl")
+    assert [e["epoch"] for e in events if e["split"] == "val"] == [1, 2, 3, 4, 5, 6]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
+
+
+def test_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+    argv = ["train", *TINY, "--rank", "1,2", "--epochs", "1", "--lr", "1e30", "--clip-grad", "0",
+            "--out", str(tmp_path)]
+    main(argv)
+    statuses = [json.loads((p / "summary.json").read_text())["status"] for p in sorted(tmp_path.iterdir())]
+    assert statuses == ["diverged", "diverged"]
+
+
+def test_local_weights_file_is_loaded(tmp_path):
+    from safetensors.torch import save_file
+
+    source = create_backbone("vit_micro", "none", num_classes=3)
+    with torch.no_grad():
+        source.blocks[0].attn.qkv.weight.add_(1.0)  # differs from the fixed random init
+    save_file(source.state_dict(), tmp_path / "w.safetensors")
+    loaded = create_backbone("vit_micro", str(tmp_path / "w.safetensors"), num_classes=7)
+    assert torch.equal(loaded.blocks[0].attn.qkv.weight, source.blocks[0].attn.qkv.weight)
+    assert loaded.head.out_features == 7
+
+
+def test_folder_dataset_is_decoded_once_into_a_cache(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 4)):
+        for cls in ("cat", "dog"):
+            (tmp_path / "img" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
+                    tmp_path / "img" / split / cls / f"{i}.png")
+    config = Config(dataset=f"folder:{tmp_path / 'img'}", data_root=str(tmp_path / "cache"), workers=0)
+    train, test = data.load(config, image_size=28)
+    assert train.images.shape == (12, 3, 32, 32) and test.images.shape == (8, 3, 32, 32)
+    assert train.num_classes == 2 and sorted(train.labels.tolist()) == [0] * 6 + [1] * 6
+    assert len(list((tmp_path / "cache" / "adaptertune-cache").glob("*.npy"))) == 4
+    x, y = train.batch(torch.tensor([3, 0, 7]), "cpu")
+    assert x.dtype == torch.uint8 and y.tolist() == sorted(train.labels[[3, 0, 7]].tolist())
+
+
+def test_split_and_feature_subset_are_deterministic():
+    a_train, a_val = data.split_indices(1000, 0.1, seed=3)
+    b_train, b_val = data.split_indices(1000, 0.1, seed=3)
+    assert np.array_equal(a_val, b_val) and len(a_val) == 100
+    assert not np.intersect1d(a_train, a_val).size and len(a_train) + len(a_val) == 1000
+    assert not np.array_equal(a_val, data.split_indices(1000, 0.1, seed=4)[1])
+    assert np.array_equal(data.feature_indices(500, 64), data.feature_indices(500, 64))
+
+
+def test_transform_eval_is_a_centre_crop_and_train_is_seeded():
+    x = torch.arange(3 * 32 * 32, dtype=torch.float32).reshape(1, 3, 32, 32).repeat(4, 1, 1, 1).to(torch.uint8)
+    ev = data.transform(x, 28, (0, 0, 0), (1 / 255, 1 / 255, 1 / 255), train=False)
+    assert ev.shape == (4, 3, 28, 28)
+    torch.testing.assert_close(ev[0], x[0, :, 2:30, 2:30].float())  # central 0.875 = 28 of 32 pixels
+    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    t1 = data.transform(x, 16, (0.5,) * 3, (0.5,) * 3, train=True, generator=g1)
+    assert torch.equal(t1, data.transform(x, 16, (0.5,) * 3, (0.5,) * 3, train=True, generator=g2))
+    assert not torch.equal(t1[0], t1[1])  # a different crop per image
