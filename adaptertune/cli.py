@@ -47,24 +47,37 @@ def _train(args) -> int:
     return run_sweep(configs, Path(args.out))
 
 
-def _analysis_parsers(sub) -> None:
-    p = sub.add_parser("analyze", help="analyse finished runs")
-    asub = p.add_subparsers(dest="analysis", required=True, metavar="{" + ",".join(ANALYSES) + "}")
-    for name in ANALYSES:
-        module = importlib.import_module(f"adaptertune.analysis.{name}")
-        q = asub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0],
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-        q.add_argument("runs", type=Path, help="a folder of run directories (searched recursively)")
-        q.add_argument("--out", type=Path, default=None, help="output folder (default: RUNS/analysis)")
-        module.add_arguments(q)
-        q.set_defaults(func=module.run_command)
+def _analysis_parser(sub, name: str) -> None:
+    """A subcommand served by adaptertune.analysis.<name>: its add_arguments() and run_command()."""
+    module = importlib.import_module(f"adaptertune.analysis.{name}")
+    q = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    q.add_argument("runs", type=Path, help="a folder of run directories (searched recursively)")
+    q.add_argument("--out", type=Path, default=None, help="output folder (default: RUNS/analysis)")
+    module.add_arguments(q)
+    q.set_defaults(func=module.run_command)
+
+
+def _demo_parser(sub) -> None:
+    from . import demo
+
+    p = sub.add_parser("demo", help=demo.__doc__.strip().splitlines()[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("demo"), help="runs go to OUT/runs, the report to OUT/report")
+    p.add_argument("--planted-rank", type=int, default=4, help="rank k* of the planted shift")
+    p.add_argument("--quick", action="store_true", help="a seconds-long smoke version (fewer ranks, seeds, epochs)")
+    p.set_defaults(func=lambda args: demo.run(args.out, planted_rank=args.planted_rank, quick=args.quick))
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adaptertune", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     _train_parser(sub)
-    _analysis_parsers(sub)
+    analyze = sub.add_parser("analyze", help="analyse finished runs").add_subparsers(dest="analysis", required=True)
+    for name in ANALYSES:
+        _analysis_parser(analyze, name)
+    _analysis_parser(sub, "report")
+    _demo_parser(sub)
     return p
 
 
