@@ -62,6 +62,7 @@ class Config:
     device: str = _opt("auto", "auto | cpu | cuda | cuda:N")
     precision: str = _opt("auto", "auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16", choices=PRECISIONS)
     compile: bool = _opt(False, "torch.compile the model")
+    cache_features: bool = _opt(True, "head-only without augmentation trains on backbone features computed once")
     workers: int = _opt(4, "workers decoding image files into the uint8 cache")
     log_every: int = _opt(50, "steps between progress lines")
 

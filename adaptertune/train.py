@@ -70,9 +70,8 @@ class Trainer:
         self.precision = config.precision if config.precision != "auto" else (
             "bf16" if self.device.type == "cuda" else "fp32")
         self.size = input_size(config.backbone, config.image_size)
-        train, self.test = data.load(config, self.size)
-        self.train_all = train.to(self.device)
-        self.test = self.test.to(self.device)
+        train, test = data.load(config, self.size)
+        self.train_images, self.test_images = train.to(self.device), test.to(self.device)
         torch.manual_seed(config.seed)
         self.model, self.counts = build_model(config, train.num_classes)
         self.model.to(self.device)
@@ -82,11 +81,25 @@ class Trainer:
         fused = self.device.type == "cuda"
         self.opt = torch.optim.AdamW(param_groups(self.model, config.weight_decay), lr=self.lr, fused=fused)
         self.forward = torch.compile(self.model) if config.compile else self.model
+        # What the loops read: images, or (linear probe without augmentation) backbone features once.
+        self.cached = config.method == "head" and not config.augment and config.cache_features
+        self.train_all, self.test = self.train_images, self.test_images
+        if self.cached:
+            self.train_all, self.test = self.feature_cache(train), self.feature_cache(test)
+            self.forward = self.model.head
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
 
+    def feature_cache(self, images: data.Images) -> data.Images:
+        """The pre-logit features of every image (eval crop) as an in-memory `Images` (N, d)."""
+        f = extract(self.model, images, np.arange(len(images)), size=self.size, mean=self.mean, std=self.std,
+                    device=self.device, autocast=self.autocast())["features"]
+        return data.Images(torch.from_numpy(f).to(self.device), images.labels, images.num_classes)
+
     def inputs(self, x: torch.Tensor, train: bool, generator=None) -> torch.Tensor:
+        if self.cached:
+            return x
         return data.transform(x, self.size, self.mean, self.std, train and self.config.augment, generator)
 
     def train_epoch(self, idx: np.ndarray, epoch: int, step: int, total: int, warmup: int) -> dict:
@@ -144,7 +157,7 @@ class Trainer:
                 "seconds": seconds, "images_per_s": n / seconds}
 
     def features(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        return extract(self.model, self.test, idx, size=self.size, mean=self.mean, std=self.std,
+        return extract(self.model, self.test_images, idx, size=self.size, mean=self.mean, std=self.std,
                        device=self.device, autocast=self.autocast(), blocks=self.config.block_features)
 
 
@@ -219,7 +232,7 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
         runs.append_line(metrics_path, {"epoch": epoch, "split": "test", **test})
         adapted = t.features(feat_idx)
         arrays = {"frozen": frozen["features"], "adapted": adapted["features"],
-                  "labels": t.test.labels[torch.from_numpy(feat_idx)].numpy(), "indices": feat_idx}
+                  "labels": t.test_images.labels[torch.from_numpy(feat_idx)].numpy(), "indices": feat_idx}
         for key in adapted:
             if key != "features":
                 arrays[f"frozen.{key}"], arrays[f"adapted.{key}"] = frozen[key], adapted[key]

@@ -163,3 +163,18 @@ def test_transform_eval_is_a_centre_crop_and_train_is_seeded():
     t1 = data.transform(x, 16, (0.5,) * 3, (0.5,) * 3, train=True, generator=g1)
     assert torch.equal(t1, data.transform(x, 16, (0.5,) * 3, (0.5,) * 3, train=True, generator=g2))
     assert not torch.equal(t1[0], t1[1])  # a different crop per image
+
+
+def test_linear_probe_on_cached_features_matches_the_backbone_path(tmp_path):
+    """Head-only without augmentation trains on features computed once, to the same result."""
+    summaries = []
+    for cache in ("--cache-features", "--no-cache-features"):
+        out = tmp_path / cache
+        assert main(["train", *TINY, "--method", "head", "--no-augment", cache, "--epochs", "2", "--lr", "0.05",
+                     "--out", str(out)]) == 0
+        summaries.append(json.loads((out / "synthetic-vit_nano-head-s0" / "summary.json").read_text()))
+        metrics = runs.read_lines(out / "synthetic-vit_nano-head-s0" / "metrics.jsonl")
+        summaries[-1]["val_losses"] = [m["loss"] for m in metrics if m["split"] == "val"]
+    cached, direct = summaries
+    np.testing.assert_allclose(cached["val_losses"], direct["val_losses"], rtol=1e-4)
+    assert cached["test_acc1"] == pytest.approx(direct["test_acc1"], abs=1.0)
