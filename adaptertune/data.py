@@ -44,6 +44,21 @@ class Images:
         x = (x.pin_memory() if pin else x).to(device, non_blocking=True)
         return x, self.labels[idx].to(device, non_blocking=True)
 
+    def batches(self, chunks: list[torch.Tensor], device):
+        """Yield `batch(chunk)` for each chunk; a memory-mapped set reads the next batch in a thread
+        while the device works on this one."""
+        if not isinstance(self.images, np.ndarray):
+            yield from (self.batch(c, device) for c in chunks)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(self.batch, chunks[0], device) if chunks else None
+            for nxt in chunks[1:] + [None]:
+                current = pending.result()
+                pending = pool.submit(self.batch, nxt, device) if nxt is not None else None
+                yield current
+
     def to(self, device) -> "Images":
         if isinstance(self.images, np.ndarray):
             return self

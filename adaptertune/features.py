@@ -32,8 +32,7 @@ def extract(model: nn.Module, data: Images, idx: np.ndarray, *, size: int, mean,
             hooks.append(block.register_forward_hook(
                 lambda m, a, y, key=f"block{i}": outs[key].append(pooled(model, y).float().cpu())))
     try:
-        for start in range(0, len(idx), batch_size):
-            x, _ = data.batch(torch.from_numpy(idx[start:start + batch_size]), device)
+        for x, _ in data.batches(list(torch.from_numpy(idx).split(batch_size)), device):
             with autocast or torch.autocast(device.type, enabled=False):
                 h = model.forward_head(model.forward_features(transform(x, size, mean, std, train=False)),
                                        pre_logits=True)

@@ -112,8 +112,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         start, n_steps = time.perf_counter(), math.ceil(len(order) / c.batch_size)
-        for i in range(n_steps):
-            x, y = self.train_all.batch(order[i * c.batch_size:(i + 1) * c.batch_size], self.device)
+        for i, (x, y) in enumerate(self.train_all.batches(list(order.split(c.batch_size)), self.device)):
             for group in self.opt.param_groups:
                 group["lr"] = self.lr * lr_schedule(step, total, warmup)
             with self.autocast():
@@ -143,8 +142,7 @@ class Trainer:
         top1 = torch.zeros((), device=self.device)
         top5 = torch.zeros((), device=self.device)
         start = time.perf_counter()
-        for s in range(0, len(idx), batch_size):
-            x, y = images.batch(torch.from_numpy(idx[s:s + batch_size]), self.device)
+        for x, y in images.batches(list(torch.from_numpy(idx).split(batch_size)), self.device):
             with self.autocast():
                 logits = self.forward(self.inputs(x, train=False)).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")

@@ -143,6 +143,10 @@ def test_folder_dataset_is_decoded_once_into_a_cache(tmp_path):
     assert len(list((tmp_path / "cache" / "adaptertune-cache").glob("*.npy"))) == 4
     x, y = train.batch(torch.tensor([3, 0, 7]), "cpu")
     assert x.dtype == torch.uint8 and y.tolist() == sorted(train.labels[[3, 0, 7]].tolist())
+    chunks = list(torch.arange(12).split(5))  # the prefetching reader yields the same batches, in order
+    for (bx, by), chunk in zip(train.batches(chunks, "cpu"), chunks, strict=True):
+        ex, ey = train.batch(chunk, "cpu")
+        assert torch.equal(bx, ex) and torch.equal(by, ey)
 
 
 def test_split_and_feature_subset_are_deterministic():
