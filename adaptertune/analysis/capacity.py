@@ -801,7 +801,8 @@ def collect(found) -> tuple[dict[tuple, list], list[dict], list[str]]:
                 continue
             seen[key, rank, seed] = run.id
             groups.setdefault(key, []).append((rank, seed, acc, run))
-    notes = [f"{n} {m} run(s) are not part of a rank sweep (full fine-tuning features serve the spectrum)"
+    notes = [f"{n} {m} run(s) are not part of a rank sweep"
+             + (" (their features serve the spectrum)" if m == "full" else "")
              for m, n in sorted(others.items(), key=lambda kv: str(kv[0]))]
     return groups, skipped, notes
 
@@ -813,8 +814,10 @@ def group_tail(members: list, runs: list, cache: dict | None = None) -> tuple[np
     else its highest-rank adapter runs. Each seed's tail is normalised before averaging, so every
     seed's shape weighs the same. `cache` maps run paths to tails already computed.
     """
-    from .spectrum import spectrum
-
+    try:
+        from .spectrum import spectrum
+    except ImportError:
+        return None, "", "adaptertune.analysis.spectrum is not installed"
     ds, bb = members[0][3].config.get("dataset"), members[0][3].config.get("backbone")
     full = [r for r in runs if r.config.get("method") == "full" and r.config.get("dataset") == ds
             and r.config.get("backbone") == bb and (r.path / "features.safetensors").exists()]
