@@ -23,6 +23,88 @@ def save(fig, path: Path) -> Path:
 
 # --- spectrum ---
 
+def _rank_colors(ranks):
+    """A viridis color per adapter rank (in rank order); runs without a rank (baselines) are black."""
+    known = sorted({r for r in ranks if r})
+    cmap = plt.get_cmap("viridis")
+    pos = {r: (i / max(len(known) - 1, 1)) * 0.9 for i, r in enumerate(known)}
+    return lambda r: cmap(pos[r]) if r in pos else (0.0, 0.0, 0.0, 1.0)
+
+
+def spectrum_figure(curves: list[dict], by_rank: list[dict], path: Path) -> Path:
+    """Scree (energy share per direction, log-log) and cumulative energy per run; effective rank vs adapter rank.
+
+    curves: [{"label", "method", "rank" (int|None), "energy": (m,), "cumulative": (m,), "significant": int}]
+    by_rank: [{"method", "rank", "effective_rank", "effective_rank_sd", "significant", "recommended_rank"}] (may be empty)
+    """
+    import numpy as np
+
+    panels = 3 if by_rank else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.8))
+    color = _rank_colors([c["rank"] for c in curves])
+    seen = set()
+    for c in curves:
+        energy = np.asarray(c["energy"], dtype=float)
+        if not energy.any():  # a zero shift (e.g. a linear probe) has no spectrum to draw
+            continue
+        idx = np.arange(1, len(energy) + 1)
+        group = (c["method"], c["rank"])
+        label = None if len(curves) > 10 and group in seen else (
+            c["label"] if len(curves) <= 10 else f"{c['method']}" + (f" r{c['rank']}" if c["rank"] else ""))
+        seen.add(group)
+        style = dict(color=color(c["rank"]), lw=1.0, alpha=0.85, ls="-" if c["rank"] else "--")
+        shown = energy > 1e-15  # zeros (and round-off) cannot sit on a log axis
+        axes[0].plot(idx[shown], energy[shown], label=label, **style)
+        k = c["significant"]
+        if 0 < k <= len(energy) and shown[k - 1]:
+            axes[0].plot([k], [energy[k - 1]], "o", ms=4, color=style["color"])
+        axes[1].plot(idx, c["cumulative"], label=label, **style)
+    axes[0].set(xscale="log", yscale="log", xlabel="direction i", ylabel=r"energy share $\sigma_i^2/\sum\sigma^2$",
+                title="scree of the feature shift (● last significant)")
+    for level in (0.9, 0.95, 0.99):
+        axes[1].axhline(level, color="0.6", lw=0.7, ls=":")
+    axes[1].set(xscale="log", xlabel="rank r", ylabel="cumulative energy share", ylim=(0, 1.02),
+                title="energy in the top r directions")
+    if by_rank:
+        ax = axes[2]
+        for method in sorted({str(b["method"]) for b in by_rank}):
+            rows = [b for b in by_rank if str(b["method"]) == method]
+            r = np.array([b["rank"] for b in rows], dtype=float)
+            ax.errorbar(r, [b["effective_rank"] for b in rows], yerr=[b["effective_rank_sd"] for b in rows],
+                        marker="o", capsize=3, label=f"{method}: effective rank")
+            ax.plot(r, [b["significant"] for b in rows], marker="s", ls="--", label=f"{method}: significant")
+            ax.plot(r, [b["recommended_rank"] for b in rows], marker="^", ls="-.", label=f"{method}: recommended rank")
+        lim = np.array([min(b["rank"] for b in by_rank), max(b["rank"] for b in by_rank)], dtype=float)
+        ax.plot(lim, lim, color="0.5", lw=0.8, ls=":", label="= adapter rank")
+        ax.set(xlabel="adapter rank r", ylabel="directions", title="directions the shift uses")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(sorted({b["rank"] for b in by_rank}), [str(v) for v in sorted({b["rank"] for b in by_rank})])
+        ax.legend(fontsize=7)
+    axes[1].legend(fontsize=6, loc="lower right")
+    return save(fig, path)
+
+
+def spectrum_blocks_figure(series: list[dict], path: Path) -> Path:
+    """Effective rank and significant directions of the shift per block, one line per run.
+
+    series: [{"label", "rank" (int|None), "blocks": [i...], "effective_rank": [...], "significant": [...]}]
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(9.2, 3.6))
+    color = _rank_colors([s["rank"] for s in series])
+    for s in series:
+        kw = dict(color=color(s["rank"]), marker="o", ms=3, lw=1.0, label=s["label"] if len(series) <= 10 else None)
+        axes[0].plot(s["blocks"], s["effective_rank"], **kw)
+        axes[1].plot(s["blocks"], s["significant"], **kw)
+    axes[0].set(xlabel="block", ylabel="effective rank", title="effective rank of the shift per block")
+    axes[1].set(xlabel="block", ylabel="significant directions", title="directions above the noise floor")
+    for ax in axes:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    axes[1].yaxis.get_major_locator().set_params(integer=True)
+    if len(series) <= 10:
+        axes[1].legend(fontsize=6)
+    return save(fig, path)
+
+
 # --- capacity ---
 
 def capacity_figure(panels: list[dict], path: Path) -> Path:

@@ -1,0 +1,698 @@
+"""Spectra of the task feature shift ΔH = H_adapted − H_frozen: energy ranks, effective rank, noise floor.
+
+`spectrum(frozen, adapted)` takes two (n, d) feature matrices (or one shift matrix) and returns a
+frozen `Spectrum`: the singular values of the shift and what follows from them — energy fractions,
+the tail energy τ(r) = Σ_{i>r} σi² of the capacity model (DESIGN.md), the effective rank
+(Roy & Vetterli 2007), participation ratio, stable rank, the rank holding 90/95/99% of the energy,
+the number of *significant* directions (those standing above a finite-sample noise floor) and a
+recommended rank.
+
+The noise floor (`noise_floor`) models the shift as low rank plus white noise, Δ = L + E with
+E_ij i.i.d., variance σ², and tests the directions one at a time (Kritchman & Nadler 2009): under
+"k directions are signal", σ² is estimated from the energy left once the k signal strengths are
+de-biased (Benaych-Georges & Nadakuditi 2012), and direction k+1 counts when its squared singular
+value exceeds σ²·(μ + s_α·σ_TW), the Marchenko–Pastur edge (√N + √P)² with its Tracy–Widom
+fluctuation (Johnstone 2001; the half-integer corrections of Ma 2012), s_α the 1−α quantile of
+TW1. Pure white noise thus reports 0 directions with probability ≈ 1−α (measured: 0.3–1% at
+α = 0.01 for n ≫ d, n ≈ d and n < d), and the count is invariant to rotations and rescaling of
+the feature space. Its limits, stated plainly: (1) a direction weaker than θ ≈ σ·(NP)^¼ is
+invisible to any method at that n and d (the BBP transition); (2) the floor assumes white noise —
+noise whose level varies across samples or features (or is very heavy-tailed) pushes directions
+over it. The fit of the remaining eigenvalues to the Marchenko–Pastur law is therefore checked
+(`NoiseFloor.bulk_ks`, `.white`): when it fails, the count is an upper bound and the command
+stars it.
+
+`analyze_runs(runs_dir, out_dir)` applies this to every run directory with features (final and
+per-block) and writes spectrum.json / spectrum.csv / spectrum.png beside a table; it is what
+`adaptertune analyze spectrum RUNS` runs. Pure numpy/scipy; no torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+
+from ..errors import UserError
+
+LEVELS = (0.9, 0.95, 0.99)  # energy shares reported as rank90 / rank95 / rank99
+_REFINE = 1e-5  # eigenvalues of the Gram below this share of the top one are recomputed (see _singular_values)
+_EPS = np.finfo(np.float64).eps
+_CHUNK = 1 << 22  # float64 elements per block of the shift (32 MB): few BLAS calls, no (n, d) copy
+
+
+# -- the spectrum of one shift ----------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class NoiseFloor:
+    """How many directions of a shift stand above an isotropic finite-sample noise floor.
+
+    significant: int          directions that pass the sequential Tracy–Widom test
+    sigma: float              estimated noise level per entry of the shift (its units)
+    threshold: float          the singular value direction `significant + 1` had to exceed (0 if none was left)
+    signal: (significant,)    de-biased singular values of the significant directions (noise removed)
+    signal_fraction: float    Σ signal² / ‖Δ‖²: the share of the energy above the noise
+    bulk_ks: float            Kolmogorov–Smirnov distance between the remaining (non-significant)
+                              eigenvalues and the Marchenko–Pastur law the test assumes
+    alpha: float              false-alarm level of each test
+    rows, cols: int           the noise matrix's size: samples (n − 1 when centered) × features
+    """
+
+    significant: int
+    sigma: float
+    threshold: float
+    signal: np.ndarray
+    signal_fraction: float
+    bulk_ks: float
+    alpha: float
+    rows: int
+    cols: int
+
+    @property
+    def white(self) -> bool:
+        """Whether the remaining bulk looks like the white noise the test assumes (KS ≤ max(0.1, 1/√m)).
+
+        False means the noise is heteroscedastic (or the shift has no noise-like bulk at all, e.g. a
+        smooth power-law spectrum): `significant` then counts every direction above the best-fitting
+        white floor and may include noise (pure noise whose level varies ~1.6× across samples
+        gives tens of "directions"), so read it as an upper bound.
+        """
+        m = max(min(self.rows, self.cols) - self.significant, 1)
+        return self.bulk_ks <= max(0.1, 1 / math.sqrt(m))
+
+    def to_dict(self) -> dict:
+        return {"significant": self.significant, "noise_sigma": self.sigma, "noise_floor": self.threshold,
+                "signal_fraction": self.signal_fraction, "noise_ks": self.bulk_ks, "noise_white": self.white,
+                "alpha": self.alpha, "noise_rows": self.rows, "noise_cols": self.cols}
+
+
+@dataclass(frozen=True, eq=False)
+class Spectrum:
+    """The spectrum of one (n, d) shift matrix; every derived measure is a property.
+
+    singular_values: (m,) float64, descending, m = min(n, d) (one exact zero when centered and n <= d)
+    significant: directions above the noise floor (`noise`); recommended_rank: see `spectrum()`.
+    """
+
+    singular_values: np.ndarray
+    n: int
+    d: int
+    centered: bool
+    significant: int
+    recommended_rank: int
+    energy_target: float
+    noise: NoiseFloor
+
+    @property
+    def total_energy(self) -> float:
+        """‖Δ‖_F² = Σ σi² (= τ(0))."""
+        return float(self.tail_energy[0])
+
+    def _unit(self) -> np.ndarray:
+        """(m,) singular values over the largest (zeros for a zero shift): ratios that cannot overflow."""
+        s = self.singular_values
+        return s / s[0] if len(s) and s[0] > 0 else np.zeros_like(s)
+
+    @property
+    def energy(self) -> np.ndarray:
+        """(m,) σi² / Σσ²; all zeros for a zero shift."""
+        lam = self._unit() ** 2
+        return lam / lam.sum() if lam.sum() > 0 else lam
+
+    @property
+    def cumulative(self) -> np.ndarray:
+        """(m,) share of the energy in the top r directions, r = 1..m (summed from the tail: no cancellation)."""
+        lam = self._unit() ** 2
+        if lam.sum() <= 0:
+            return lam
+        return 1.0 - np.append(np.cumsum(lam[::-1])[::-1][1:], 0.0) / lam.sum()
+
+    @property
+    def tail_energy(self) -> np.ndarray:
+        """(m+1,) τ(r) = Σ_{i>r} σi² for r = 0..m: τ(0) = ‖Δ‖_F², τ(m) = 0 (summed from the tail: no cancellation)."""
+        lam = self.singular_values ** 2
+        return np.append(np.cumsum(lam[::-1])[::-1], 0.0)
+
+    @property
+    def effective_rank(self) -> float:
+        """Roy–Vetterli effective rank exp(H(p)), p_i = σi / Σσ (L1-normalized singular values); 0 for a zero shift."""
+        s = self._unit()
+        if s.sum() <= 0:
+            return 0.0
+        p = s[s > 0] / s.sum()
+        return float(np.exp(-(p * np.log(p)).sum()))
+
+    @property
+    def participation_ratio(self) -> float:
+        """(Σσi²)² / Σσi⁴ — the number of equally strong directions with the same energy spread."""
+        lam = self._unit() ** 2
+        return float(lam.sum() ** 2 / (lam ** 2).sum()) if lam.sum() > 0 else 0.0
+
+    @property
+    def stable_rank(self) -> float:
+        """‖Δ‖_F² / ‖Δ‖_2² = Σσi² / σ1²."""
+        return float((self._unit() ** 2).sum())
+
+    @property
+    def rank_at(self) -> dict[float, int]:
+        """{0.9: r, 0.95: r, 0.99: r}: the fewest directions holding that share of the energy (0 for a zero shift)."""
+        return {level: self.rank_for(level) for level in LEVELS}
+
+    def rank_for(self, level: float) -> int:
+        """The smallest r whose top r directions hold at least `level` of the energy."""
+        if not self._unit().any():
+            return 0
+        r = int(np.searchsorted(self.cumulative, level - 1e-12, side="left")) + 1
+        return min(r, len(self.singular_values))
+
+    def to_dict(self) -> dict:
+        """JSON-safe summary; the singular values are the only array."""
+        return {
+            "n": self.n, "d": self.d, "centered": self.centered,
+            "total_energy": self.total_energy,
+            "effective_rank": self.effective_rank,
+            "participation_ratio": self.participation_ratio,
+            "stable_rank": self.stable_rank,
+            **{f"rank{round(100 * k)}": v for k, v in self.rank_at.items()},
+            "significant": self.significant,
+            "recommended_rank": self.recommended_rank,
+            "energy_target": self.energy_target,
+            **{k: v for k, v in self.noise.to_dict().items() if k != "significant"},
+            "singular_values": [float(v) for v in self.singular_values],
+        }
+
+
+def spectrum(frozen, adapted=None, *, center: bool = True, alpha: float = 0.01,
+             energy_target: float = 0.95) -> Spectrum:
+    """The spectrum of the shift Δ = adapted − frozen (or of `frozen` itself when `adapted` is None).
+
+    frozen, adapted: (n, d) arrays (any real dtype; float32 features are differenced in float64).
+    center: subtract the mean shift over the n samples first (default). The mean is one constant
+        offset that the adapter's up-projection bias (and the head's bias) absorbs without using
+        rank, so the rank question is about the centered shift; with `center=False` the offset
+        counts as a direction. Centering costs one degree of freedom: the noise floor uses n − 1.
+    alpha: false-alarm level of the noise floor's test per direction (see `noise_floor`).
+    energy_target: the recommended rank is the fewest significant directions that hold this share
+        of the de-biased (above-noise) energy of all significant directions; 0 when none is
+        significant — the shift is then indistinguishable from noise at this n and d.
+
+    A zero shift gives singular values of zero and 0 for every rank and count. NaN/inf input, a
+    shape mismatch or an empty matrix raise UserError. Inputs are never modified nor copied
+    whole. Cost: one float64 Gram matrix of the smaller side, built block by block, and its
+    eigenvalues (50,000 × 768: ~0.5 s on two idle cores; benchmarks/spectrum_speed.py), with the
+    directions weaker than 0.3% of the top one recomputed from the matrix itself, so the singular
+    values agree with a full SVD to ~1e-9 relative or better.
+    """
+    if not 0 < alpha < 1:
+        raise UserError(f"alpha must be in (0, 1), got {alpha}")
+    if not 0 < energy_target <= 1:
+        raise UserError(f"energy_target must be in (0, 1], got {energy_target}")
+    first, second = _shift_matrix(frozen, adapted)
+    n, d = first.shape
+    s = _singular_values(first, second, center)
+    floor = noise_floor(s, n - 1 if center else n, d, alpha=alpha)
+    return Spectrum(singular_values=_readonly(s), n=n, d=d, centered=center,
+                    significant=floor.significant,
+                    recommended_rank=_recommended(floor.signal, energy_target),
+                    energy_target=energy_target, noise=floor)
+
+
+def _recommended(signal: np.ndarray, target: float) -> int:
+    if len(signal) == 0 or signal.max() <= 0:
+        return 0
+    energy = np.cumsum((signal / signal.max()) ** 2)
+    return int(np.searchsorted(energy / energy[-1], target - 1e-12, side="left")) + 1
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)
+    return a
+
+
+def _matrix(x, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or 0 in x.shape:
+        raise UserError(f"spectrum: {name} must be a non-empty (n, d) matrix, got shape {x.shape}")
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise UserError(f"spectrum: {name} must be a real numeric array, got dtype {x.dtype}")
+    return x
+
+
+def _shift_matrix(frozen, adapted) -> tuple[np.ndarray, np.ndarray | None]:
+    """The validated inputs: (first, second) with Δ = second − first, or (Δ, None)."""
+    first = _matrix(frozen, "shift" if adapted is None else "frozen")
+    if adapted is None:
+        return first, None
+    second = _matrix(adapted, "adapted")
+    if second.shape != first.shape:
+        raise UserError(f"spectrum: frozen {first.shape} and adapted {second.shape} differ in shape")
+    return first, second
+
+
+def _chunks(first: np.ndarray, second: np.ndarray | None, axis: int):
+    """Yield (index, block): float64 blocks of Δ (row blocks for axis 0, column blocks for 1), ~32 MB each.
+
+    Δ is never held whole: no (n, d) float64 copy of 50,000 × 768 features (300 MB) is made.
+    """
+    n, d = first.shape
+    length, width = (n, d) if axis == 0 else (d, n)
+    step = max(1, _CHUNK // width)
+    for i in range(0, length, step):
+        idx = (slice(i, i + step), slice(None)) if axis == 0 else (slice(None), slice(i, i + step))
+        if second is None:
+            yield idx, np.array(first[idx], dtype=np.float64)
+        else:
+            yield idx, np.subtract(second[idx], first[idx], dtype=np.float64)
+
+
+def _singular_values(first: np.ndarray, second: np.ndarray | None, center: bool) -> np.ndarray:
+    """Singular values of Δ (centered over rows if asked), descending, shape (min(n, d),).
+
+    Route: the float64 Gram matrix of the smaller side, G = ΔᵀΔ (or ΔΔᵀ), accumulated block by
+    block, and its eigenvalues. Squaring loses relative accuracy for directions far below the top
+    one (error ≈ ε·λ1/λi), so eigenvalues below _REFINE·λ1 are replaced by the singular values of
+    Δ·V, V their eigenvectors (Rayleigh–Ritz on the matrix itself: the error becomes ≈ ε·σ1/σi, as
+    for an SVD). Extreme magnitudes are handled by an exact power-of-two rescaling. Raises
+    UserError on NaN/inf.
+    """
+    n, d = first.shape
+    axis = 0 if n >= d else 1  # blocks along the long side; the Gram is m × m, m = min(n, d)
+    total, top = np.zeros(d), 0.0
+    for idx, block in _chunks(first, second, axis):  # pass 1: column sums (for the mean) and magnitude
+        total[idx[1]] += block.sum(axis=0)
+        top = max(top, float(block.max()), -float(block.min()))
+    if not (np.isfinite(total).all() and math.isfinite(top)):
+        _raise_nonfinite({"shift": first} if second is None else {"frozen": first, "adapted": second})
+    if top == 0:
+        return np.zeros(min(n, d))
+    mean = total / n if center else np.zeros(d)
+    scale = 1.0 if 2.0 ** -400 < top < 2.0 ** 400 else 2.0 ** math.floor(math.log2(top))  # squares stay finite
+
+    def tall_blocks():  # (index, rows of the tall matrix A = Δ or Δᵀ), centered and scaled
+        for idx, block in _chunks(first, second, axis):
+            block -= mean[idx[1]]
+            if scale != 1.0:
+                block /= scale
+            yield idx[axis], (block if axis == 0 else block.T)
+
+    m = min(n, d)
+    gram = np.zeros((m, m))
+    for _, rows in tall_blocks():  # pass 2: the Gram matrix
+        gram += rows.T @ rows
+    lam = np.clip(scipy.linalg.eigh(gram, eigvals_only=True, driver="evd")[::-1], 0.0, None)
+    s = np.sqrt(lam)
+    weak = int((lam < _REFINE * lam[0]).sum())
+    if weak:  # pass 3, only when some directions are weak: Rayleigh–Ritz on Δ itself
+        _, vecs = scipy.linalg.eigh(gram, subset_by_index=[0, weak - 1], driver="evr")
+        projected = np.empty((max(n, d), weak))
+        for idx, rows in tall_blocks():
+            projected[idx] = rows @ vecs
+        s[m - weak:] = scipy.linalg.svdvals(projected)
+        s = np.sort(s)[::-1]
+    return s * scale
+
+
+def _raise_nonfinite(named: dict) -> None:
+    for name, x in named.items():
+        x = np.asarray(x, dtype=np.float64)
+        bad = int(x.size - np.isfinite(x).sum())
+        if bad:
+            raise UserError(f"spectrum: {name} has {bad} NaN/inf entries of {x.size}; features must be finite")
+    raise UserError("spectrum: the shift overflows float64; features must be finite and below ~1e300")
+
+
+# -- the noise floor ----------------------------------------------------------------------------------
+
+def noise_floor(singular_values, rows: int, cols: int, *, alpha: float = 0.01) -> NoiseFloor:
+    """Count the directions of a rows × cols shift that stand above white noise (module docstring).
+
+    singular_values: (m,) descending, m >= min(rows, cols) (extra trailing zeros are ignored).
+    rows, cols: the noise matrix's size — samples (n − 1 if the shift was centered) and features.
+    Sequential test, k = 0, 1, ...: σ²_k = noise variance if k directions are signal; direction
+    k+1 is significant if s²_{k+1} > σ²_k·(μ + s_α·σ_TW), μ and σ_TW those of the largest
+    eigenvalue of EᵀE for a max(rows, cols) × (min(rows, cols) − k) standard white E; stop at the
+    first failure. Directions at the float64 round-off level of the
+    largest never count. `bulk_ks` compares the eigenvalues left untested with the
+    Marchenko–Pastur law (σ², max × (min − k)) the test assumed.
+    """
+    s = np.asarray(singular_values, dtype=np.float64)
+    big, small = max(rows, cols), min(rows, cols)
+    if small < 1 or len(s) == 0 or s[0] <= 0:
+        return NoiseFloor(0, 0.0, 0.0, np.zeros(0), 0.0, 0.0, alpha, rows, cols)
+    unit = s[0]  # work in units of the top singular value: no overflow, and exactly scale-free
+    lam = np.zeros(small)
+    lam[: min(small, len(s))] = (s[:small] / unit) ** 2
+    quantile = tw1_quantile(1 - alpha)
+    numerical = int((np.sqrt(lam) > np.sqrt(lam[0]) * big * _EPS * 4).sum())
+    k = 0
+    while True:
+        sigma2, signal = _noise_variance(lam, k, big, small)
+        if k >= min(numerical, small):  # nothing but round-off (or nothing at all) is left to test
+            threshold = 0.0
+            break
+        mu, sd = _tw_center_scale(big, small - k)
+        threshold = sigma2 * (mu + quantile * sd)
+        if lam[k] <= threshold:
+            break
+        k += 1
+    bulk = lam[k:] / (sigma2 * big) if sigma2 > 0 and k < numerical else np.zeros(0)
+    return NoiseFloor(k, float(unit * np.sqrt(sigma2)), float(unit * np.sqrt(threshold)), unit * np.sqrt(signal),
+                      float(min(signal.sum() / lam.sum(), 1.0)), _mp_ks(bulk, len(bulk) / big),
+                      alpha, rows, cols)
+
+
+def _mp_ks(x: np.ndarray, ratio: float) -> float:
+    """Kolmogorov–Smirnov distance between values x (m,) and the Marchenko–Pastur law of ratio ≤ 1, unit variance.
+
+    The MP law of the eigenvalues of EᵀE / big, E big × small white: density √((b−x)(x−a)) / (2π·ratio·x)
+    on [a, b] = [(1 ∓ √ratio)²]; its CDF by quadrature in x = a + (b−a)(1 − cos t)/2 (smooth in t).
+    """
+    if len(x) == 0:
+        return 0.0
+    a, b = (1 - math.sqrt(ratio)) ** 2, (1 + math.sqrt(ratio)) ** 2
+    t = np.linspace(0.0, np.pi, 2049)
+    grid = a + (b - a) * (1 - np.cos(t)) / 2
+    density = ((b - a) / 2) ** 2 * np.sin(t) ** 2 / (2 * np.pi * ratio * np.maximum(grid, 1e-300))
+    cdf = np.append(0.0, np.cumsum((density[1:] + density[:-1]) / 2 * np.diff(t)))
+    f = np.interp(np.sort(x), grid, cdf / cdf[-1], left=0.0, right=1.0)
+    m = len(x)
+    return float(max(np.max(np.arange(1, m + 1) / m - f), np.max(f - np.arange(m) / m)))
+
+
+def _noise_variance(lam: np.ndarray, k: int, big: int, small: int) -> tuple[float, np.ndarray]:
+    """Noise variance σ² and de-biased signal energies θj² (j < k) if the top k directions are signal.
+
+    For Δ = L + E (E white, variance σ², big × small), E‖Δ‖² = Σθj² + big·small·σ², and a signal
+    of strength θ appears at λ = (θ² + big·σ²)(θ² + small·σ²)/θ² (Benaych-Georges & Nadakuditi);
+    the two are solved together by a fixed point (a contraction while k ≪ small).
+    """
+    total, top = lam.sum(), lam[:k]
+    if k == 0:
+        return total / (big * small), np.zeros(0)
+    sigma2 = lam[k:].sum() / max((big - k) * (small - k), 1)
+    theta2 = top
+    for _ in range(100):
+        b = top - (big + small) * sigma2
+        disc = b * b - 4.0 * big * small * sigma2 ** 2
+        theta2 = np.where(disc > 0, (b + np.sqrt(np.maximum(disc, 0.0))) / 2, np.maximum(b / 2, 0.0))
+        new = max((total - theta2.sum()) / (big * small), 0.0)
+        if abs(new - sigma2) <= 1e-13 * max(sigma2, 1e-300):
+            sigma2 = new
+            break
+        sigma2 = new
+    return sigma2, theta2
+
+
+def _tw_center_scale(big: int, small: int) -> tuple[float, float]:
+    """Centering and scale of the largest eigenvalue of EᵀE, E a big × small N(0, 1) matrix (Johnstone; Ma's n − ½)."""
+    a, b = math.sqrt(big - 0.5), math.sqrt(max(small - 0.5, 0.5))
+    return (a + b) ** 2, (a + b) * (1 / a + 1 / b) ** (1 / 3)
+
+
+@functools.lru_cache(maxsize=32)
+def tw1_quantile(q: float) -> float:
+    """The q-quantile of the Tracy–Widom law TW1 (0.95 → 0.9793, 0.99 → 2.0234)."""
+    from scipy.optimize import brentq
+
+    return float(brentq(lambda x: tw1_cdf(x) - q, -8.0, 12.0, xtol=1e-10))
+
+
+def tw1_cdf(x: float, nodes: int = 64) -> float:
+    """TW1 distribution function, F1(x) = det(I − K) on L²(0, ∞), K(u, v) = ½·Ai(x + (u+v)/2).
+
+    Gauss–Legendre quadrature of the Fredholm determinant (Bornemann 2010); ~1e-12 accurate.
+    """
+    from scipy.special import airy
+
+    length = max(16.0, 16.0 - 2.0 * x)  # where the Airy kernel has decayed below round-off
+    u, w = np.polynomial.legendre.leggauss(nodes)
+    u, w = (u + 1) * length / 2, w * length / 2
+    root = np.sqrt(w)
+    kernel = 0.5 * airy(x + (u[:, None] + u[None, :]) / 2)[0]
+    return float(np.linalg.det(np.eye(nodes) - root[:, None] * kernel * root[None, :]))
+
+
+# -- a sweep of run directories -------------------------------------------------------------------------
+
+_BLOCK = re.compile(r"^frozen\.block(\d+)$")
+_TABLE = (("run", "run", "{}"), ("n", "n", "{}"), ("d", "d", "{}"), ("eff.rank", "effective_rank", "{:.2f}"),
+          ("rank90", "rank90", "{}"), ("rank95", "rank95", "{}"), ("rank99", "rank99", "{}"),
+          ("signif.", "significant", "{}"), ("rec.rank", "recommended_rank", "{}"), ("util.", "utilization", "{:.2f}"))
+_BLOCK_TABLE = (("run", "run", "{}"), ("block", "block", "{}"), ("eff.rank", "effective_rank", "{:.2f}"),
+                ("rank90", "rank90", "{}"), ("rank95", "rank95", "{}"), ("rank99", "rank99", "{}"),
+                ("signif.", "significant", "{}"), ("rec.rank", "recommended_rank", "{}"))
+_RANK_TABLE = (("method", "method", "{}"), ("rank", "rank", "{}"), ("runs", "runs", "{}"),
+               ("eff.rank", "effective_rank", "{:.2f}"), ("± sd", "effective_rank_sd", "{:.2f}"),
+               ("signif.", "significant", "{:.1f}"), ("rec.rank", "recommended_rank", "{:.1f}"),
+               ("util.", "utilization", "{:.2f}"))
+_CSV = ("run", "dataset", "backbone", "method", "rank", "seed", "block", "n", "d", "effective_rank",
+        "participation_ratio", "stable_rank", "rank90", "rank95", "rank99", "significant",
+        "recommended_rank", "utilization", "noise_sigma", "signal_fraction")
+
+
+@dataclass(frozen=True, eq=False)
+class RunSpectrum:
+    """One run's shift spectrum (final features) and, when saved, one per block."""
+
+    row: dict                                   # Run.row(): the run's config columns
+    spectrum: Spectrum
+    blocks: tuple[tuple[int, Spectrum], ...] = ()
+
+    @property
+    def utilization(self) -> float | None:
+        """Effective rank / adapter rank (None for runs without an adapter rank)."""
+        rank = self.row.get("rank")
+        return self.spectrum.effective_rank / rank if rank else None
+
+    def summary(self) -> dict:
+        """Flat JSON-safe row (no arrays): config columns and the spectrum's measures."""
+        spec = {k: v for k, v in self.spectrum.to_dict().items() if k != "singular_values"}
+        return {"run": self.row["run"], **{k: self.row.get(k) for k in ("dataset", "backbone", "method", "rank", "seed")},
+                **spec, "utilization": self.utilization}
+
+    def to_dict(self) -> dict:
+        return {**self.summary(), "singular_values": [float(v) for v in self.spectrum.singular_values],
+                "blocks": [{"block": i, **s.to_dict()} for i, s in self.blocks]}
+
+
+@dataclass(frozen=True, eq=False)
+class SpectrumReport:
+    """What `analyze_runs` found: one RunSpectrum per analysable run, the skipped runs and the files written."""
+
+    runs: tuple[RunSpectrum, ...]
+    skipped: tuple[tuple[str, str], ...]         # (run, reason)
+    out_dir: Path
+    options: dict = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+    files: tuple[Path, ...] = ()
+
+    def by_rank(self) -> list[dict]:
+        """Per (method, adapter rank), across seeds: mean effective rank (and sd), significant, utilization."""
+        groups: dict[tuple, list[RunSpectrum]] = {}
+        for r in self.runs:
+            if r.row.get("rank"):
+                groups.setdefault((r.row.get("method"), r.row["rank"]), []).append(r)
+        out = []
+        for (method, rank), members in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+            erank = np.array([m.spectrum.effective_rank for m in members])
+            out.append({"method": method, "rank": rank, "runs": len(members),
+                        "effective_rank": float(erank.mean()),
+                        "effective_rank_sd": float(erank.std(ddof=1)) if len(members) > 1 else 0.0,
+                        "significant": float(np.mean([m.spectrum.significant for m in members])),
+                        "recommended_rank": float(np.mean([m.spectrum.recommended_rank for m in members])),
+                        "utilization": float(erank.mean() / rank)})
+        return out
+
+    def block_rows(self) -> list[dict]:
+        return [{"run": r.row["run"], "block": i, **{k: v for k, v in s.to_dict().items() if k != "singular_values"}}
+                for r in self.runs for i, s in r.blocks]
+
+    def to_dict(self) -> dict:
+        return {"analysis": "spectrum", "options": self.options,
+                "runs": [r.to_dict() for r in self.runs], "by_rank": self.by_rank(),
+                "skipped": [{"run": run, "reason": why} for run, why in self.skipped],
+                "notes": list(self.notes), "files": [f.name for f in self.files]}
+
+    def flagged(self) -> bool:
+        """Whether any spectrum's noise bulk departs from white noise (its significant count is starred)."""
+        return any(row.get("noise_white") is False for row in [r.summary() for r in self.runs] + self.block_rows())
+
+    def table(self) -> str:
+        """Plain-text tables: one row per run; per block and per rank when there are any."""
+        parts = [_text_table(_TABLE, _starred(r.summary() for r in self.runs))]
+        if self.block_rows():
+            parts.append("per block\n" + _text_table(_BLOCK_TABLE, _starred(self.block_rows())))
+        if self.by_rank():
+            parts.append("per adapter rank (mean over seeds)\n" + _text_table(_RANK_TABLE, self.by_rank()))
+        if self.flagged():
+            parts.append(_FOOTNOTE)
+        return "\n\n".join(parts)
+
+    def markdown(self) -> str:
+        """A Markdown section: heading, method sentence, the tables, figure links relative to out_dir."""
+        o = self.options
+        lines = ["## Spectrum of the feature shift", "",
+                 f"Singular values of ΔH = H_adapted − H_frozen on the evaluation subset"
+                 f"{' (centered over samples)' if o.get('center', True) else ''} for {len(self.runs)} run(s). "
+                 f"*Significant* directions stand above an isotropic finite-sample noise floor "
+                 f"(Marchenko–Pastur edge + Tracy–Widom margin, α = {o.get('alpha', 0.01):g} per direction); "
+                 f"the recommended rank is the fewest of them holding {100 * o.get('energy_target', 0.95):g}% "
+                 f"of the above-noise energy; utilization = effective rank / adapter rank.", "",
+                 _markdown_table(_TABLE, _starred(r.summary() for r in self.runs)), ""]
+        if self.by_rank():
+            lines += ["Per adapter rank, mean over seeds:", "", _markdown_table(_RANK_TABLE, self.by_rank()), ""]
+        if self.block_rows():
+            lines += ["Per block:", "", _markdown_table(_BLOCK_TABLE, _starred(self.block_rows())), ""]
+        if self.flagged():
+            lines += [_FOOTNOTE.replace("*", "\\*", 1), ""]
+        lines += [f"![{f.stem}]({f.name})" for f in self.files if f.suffix == ".png"]
+        if self.notes:
+            lines += ["", *[f"Note: {note}" for note in self.notes]]
+        if self.skipped:
+            lines += ["", "Skipped:", "", *[f"- `{run}`: {why}" for run, why in self.skipped]]
+        return "\n".join(lines) + "\n"
+
+
+def analyze_runs(runs_dir, out_dir, *, alpha: float = 0.01, center: bool = True, energy_target: float = 0.95,
+                 plot: bool = True) -> SpectrumReport:
+    """Spectra of every complete run with features under `runs_dir`; writes spectrum.json/.csv/.png/.pdf to `out_dir`.
+
+    Runs that are incomplete, unreadable, without features or with unusable features are skipped
+    with the reason. Raises UserError if no run can be analysed (naming the first reason).
+    """
+    from ..runs import discover, write_json, write_text
+
+    if not 0 < alpha < 1:
+        raise UserError(f"--alpha must be in (0, 1), got {alpha}")
+    if not 0 < energy_target <= 1:
+        raise UserError(f"--energy-target must be in (0, 1], got {energy_target}")
+    runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    found = discover(runs_dir)
+    skipped = [(p.name, why) for p, why in found.skipped]
+    results, subsets = [], {}
+    for run in found.runs:
+        try:
+            results.append(_run_spectrum(run, subsets, alpha=alpha, center=center, energy_target=energy_target))
+        except UserError as e:
+            skipped.append((run.id, str(e)))
+    if not results:
+        why = f"; e.g. {skipped[0][0]}: {skipped[0][1]}" if skipped else ""
+        raise UserError(f"{runs_dir}: no run with features to analyse ({len(skipped)} skipped{why})")
+    results.sort(key=lambda r: (str(r.row.get("dataset")), str(r.row.get("backbone")), str(r.row.get("method")),
+                                r.row.get("rank") or 0, r.row.get("seed") or 0, r.row["run"]))
+    notes = tuple(f"{ds}/{bb}: runs evaluated on {len(v)} different sample subsets; their spectra are not comparable"
+                  for (ds, bb), v in subsets.items() if len(v) > 1)
+    options = {"alpha": alpha, "center": center, "energy_target": energy_target}
+    report = SpectrumReport(tuple(results), tuple(skipped), out_dir, options, notes)
+    figures = _figures(report, out_dir) if plot else []
+    report = SpectrumReport(report.runs, report.skipped, out_dir, options, notes,
+                            (out_dir / "spectrum.json", out_dir / "spectrum.csv", *figures))
+    write_json(out_dir / "spectrum.json", report.to_dict())
+    write_text(out_dir / "spectrum.csv", _csv(report))
+    return report
+
+
+def _run_spectrum(run, subsets: dict, **kw) -> RunSpectrum:
+    arrays = run.features()
+    missing = [k for k in ("frozen", "adapted") if k not in arrays]
+    if missing:
+        raise UserError(f"features.safetensors has no {' or '.join(repr(k) for k in missing)}")
+    if "indices" in arrays:
+        key = (run.config.get("dataset"), run.config.get("backbone"))
+        subsets.setdefault(key, set()).add(np.asarray(arrays["indices"]).tobytes())
+    final = spectrum(arrays["frozen"], arrays["adapted"], **kw)
+    blocks = []
+    for name in arrays:
+        m = _BLOCK.match(name)
+        if m and f"adapted.block{m.group(1)}" in arrays:
+            i = int(m.group(1))
+            try:
+                blocks.append((i, spectrum(arrays[name], arrays[f"adapted.block{i}"], **kw)))
+            except UserError as e:
+                raise UserError(f"block {i}: {e}") from None
+    return RunSpectrum(run.row(), final, tuple(sorted(blocks, key=lambda b: b[0])))
+
+
+def _figures(report: SpectrumReport, out_dir: Path) -> list[Path]:
+    from . import plots
+
+    curves = [{"label": r.row["run"], "method": r.row.get("method"), "rank": r.row.get("rank"),
+               "energy": r.spectrum.energy, "cumulative": r.spectrum.cumulative,
+               "significant": r.spectrum.significant} for r in report.runs]
+    files = [plots.spectrum_figure(curves, report.by_rank(), out_dir / "spectrum.png")]
+    series = [{"label": r.row["run"], "rank": r.row.get("rank"), "blocks": [i for i, _ in r.blocks],
+               "effective_rank": [s.effective_rank for _, s in r.blocks],
+               "significant": [s.significant for _, s in r.blocks]} for r in report.runs if r.blocks]
+    if series:
+        files.append(plots.spectrum_blocks_figure(series, out_dir / "spectrum_blocks.png"))
+    return [f for png in files for f in (png, png.with_suffix(".pdf"))]
+
+
+def _csv(report: SpectrumReport) -> str:
+    rows = [{**r.summary(), "block": ""} for r in report.runs]
+    rows += [{**{k: r.row.get(k) for k in ("run", "dataset", "backbone", "method", "rank", "seed")},
+              **{k: v for k, v in s.to_dict().items() if k != "singular_values"}, "block": i, "utilization": None}
+             for r in report.runs for i, s in r.blocks]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=_CSV, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in _CSV})
+    return buf.getvalue()
+
+
+_FOOTNOTE = ("* the remaining spectrum does not look like white noise (Marchenko–Pastur fit fails: the noise level "
+             "varies across samples or features, or there is no noise-like bulk): read the count as an upper bound.")
+
+
+def _starred(rows) -> list[dict]:
+    return [{**row, "significant": f"{row['significant']}*"} if row.get("noise_white") is False else row for row in rows]
+
+
+def _cell(fmt: str, value) -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def _text_table(columns, rows) -> str:
+    cells = [[title for title, _, _ in columns]] + [[_cell(fmt, row.get(key)) for _, key, fmt in columns] for row in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+                     for line in cells)
+
+
+def _markdown_table(columns, rows) -> str:
+    head = "| " + " | ".join(t for t, _, _ in columns) + " |"
+    rule = "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(columns))) + "|"
+    body = ["| " + " | ".join(_cell(fmt, row.get(key)) for _, key, fmt in columns) + " |" for row in rows]
+    return "\n".join([head, rule, *body])
+
+
+# -- the command: adaptertune analyze spectrum RUNS ---------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--alpha", type=float, default=0.01,
+                        help="false-alarm level of the noise-floor test per direction")
+    parser.add_argument("--energy-target", type=float, default=0.95,
+                        help="recommended rank: fewest significant directions holding this share of the above-noise energy")
+    parser.add_argument("--no-center", dest="center", action="store_false",
+                        help="analyse the raw shift; by default it is centered over samples (its mean is an "
+                             "offset the adapter's bias absorbs)")
+
+
+def run_command(args) -> int:
+    out = args.out or Path(args.runs) / "analysis"
+    report = analyze_runs(args.runs, out, alpha=args.alpha, center=args.center, energy_target=args.energy_target)
+    print(report.table())
+    for note in report.notes:
+        print(f"note: {note}")
+    for run, why in report.skipped:
+        print(f"skipped {run}: {why}")
+    print("wrote " + ", ".join(str(f) for f in report.files))
+    return 0
