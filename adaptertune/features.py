@@ -1,4 +1,11 @@
-"""Pre-logit (and per-block) features of a ViT on a fixed image subset."""
+"""Features of a ViT on a fixed image subset: where adapters act, and what the head reads.
+
+"features"  the pooled output of the last block, before the final norm: the residual stream where
+            every adapter adds its low-rank shift, so the shift's rank is visible there (the final
+            LayerNorm rescales each sample and spreads even a rank-1 shift over all directions).
+"prelogits" what the head reads (`forward_head(pre_logits=True)`).
+"block{i}"  the pooled output of block i (with `blocks=True`).
+"""
 
 from __future__ import annotations
 
@@ -19,25 +26,30 @@ def pooled(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def extract(model: nn.Module, data: Images, idx: np.ndarray, *, size: int, mean, std, device,
             autocast=None, blocks: bool = False, batch_size: int = 512) -> dict[str, np.ndarray]:
-    """{"features": (n, d)} float32 pre-logits at `idx` (eval crop), plus "block{i}" (n, d) if `blocks`.
-
-    Per-block features are each block's pooled output tokens (after its adapter, if any).
-    """
+    """{"features", "prelogits"[, "block{i}"]}: each (n, d) float32 at `idx` (eval crop, no augmentation)."""
     model.eval()
-    outs: dict[str, list[torch.Tensor]] = {"features": []}
-    hooks = []
-    if blocks:
-        for i, block in enumerate(model.blocks):
-            outs[f"block{i}"] = []
-            hooks.append(block.register_forward_hook(
-                lambda m, a, y, key=f"block{i}": outs[key].append(pooled(model, y).float().cpu())))
+    depth = len(model.blocks)
+    keys = {i: f"block{i}" for i in range(depth)} if blocks else {}
+    keys.setdefault(depth - 1, None)
+    outs: dict[str, list[torch.Tensor]] = {"features": [], "prelogits": [], **{k: [] for k in keys.values() if k}}
+
+    def hook(i):
+        def save(module, args, y):
+            p = pooled(model, y).float().cpu()
+            if keys[i]:
+                outs[keys[i]].append(p)
+            if i == depth - 1:
+                outs["features"].append(p)
+        return save
+
+    handles = [model.blocks[i].register_forward_hook(hook(i)) for i in keys]
     try:
         for x, _ in data.batches(list(torch.from_numpy(idx).split(batch_size)), device):
             with autocast or torch.autocast(device.type, enabled=False):
                 h = model.forward_head(model.forward_features(transform(x, size, mean, std, train=False)),
                                        pre_logits=True)
-            outs["features"].append(h.float().cpu())
+            outs["prelogits"].append(h.float().cpu())
     finally:
-        for hook in hooks:
-            hook.remove()
+        for handle in handles:
+            handle.remove()
     return {k: torch.cat(v).numpy() for k, v in outs.items()}

@@ -4,8 +4,10 @@
     <run>/metrics.jsonl        one JSON object per event (epoch, split, loss, acc1, acc5, lr, ...)
     <run>/summary.json         written last: {"status": "complete"|"diverged"|"failed", "test_acc1", ...}
     <run>/adapter.safetensors  trainable weights only, the config in its metadata
-    <run>/features.safetensors "frozen", "adapted" (n, d) float32; "labels", "indices" (n,) int64;
-                               optionally "frozen.block{i}", "adapted.block{i}" (n, d)
+    <run>/features.safetensors "frozen", "adapted" (n, d) float32: the pooled last-block output before
+                               the final norm, where adapters add their shift (features.py);
+                               "frozen.prelogits", "adapted.prelogits" (n, d): what the head reads;
+                               "labels", "indices" (n,) int64; optionally "frozen.block{i}", "adapted.block{i}"
 
 Every file is written to a temporary name and renamed, so a crash never leaves half a file.
 Imports no torch: the analyses read runs with numpy only.

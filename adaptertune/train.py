@@ -94,7 +94,7 @@ class Trainer:
     def feature_cache(self, images: data.Images) -> data.Images:
         """The pre-logit features of every image (eval crop) as an in-memory `Images` (N, d)."""
         f = extract(self.model, images, np.arange(len(images)), size=self.size, mean=self.mean, std=self.std,
-                    device=self.device, autocast=self.autocast())["features"]
+                    device=self.device, autocast=self.autocast())["prelogits"]
         return data.Images(torch.from_numpy(f).to(self.device), images.labels, images.num_classes)
 
     def inputs(self, x: torch.Tensor, train: bool, generator=None) -> torch.Tensor:
@@ -229,11 +229,10 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
         test = t.evaluate(t.test, np.arange(len(t.test)))  # the test split, touched once
         runs.append_line(metrics_path, {"epoch": epoch, "split": "test", **test})
         adapted = t.features(feat_idx)
-        arrays = {"frozen": frozen["features"], "adapted": adapted["features"],
+        arrays = {"frozen": frozen.pop("features"), "adapted": adapted.pop("features"),
                   "labels": t.test_images.labels[torch.from_numpy(feat_idx)].numpy(), "indices": feat_idx}
-        for key in adapted:
-            if key != "features":
-                arrays[f"frozen.{key}"], arrays[f"adapted.{key}"] = frozen[key], adapted[key]
+        for key in adapted:  # prelogits, block{i}
+            arrays[f"frozen.{key}"], arrays[f"adapted.{key}"] = frozen[key], adapted[key]
         runs.save_arrays(run_dir / "features.safetensors", arrays)
         runs.save_arrays(run_dir / "adapter.safetensors",
                          {k: v.float().cpu().numpy() for k, v in best_state.items()},

@@ -54,7 +54,8 @@ def test_sweep_writes_complete_run_directories(sweep):
         f = runs.load_arrays(run_dir / "features.safetensors")
         assert f["frozen"].shape == f["adapted"].shape == (64, 48) and f["frozen"].dtype == np.float32
         assert f["labels"].shape == f["indices"].shape == (64,)
-        assert f["frozen.block2"].shape == (64, 48)
+        assert f["frozen.prelogits"].shape == f["adapted.prelogits"].shape == (64, 48)
+        assert np.array_equal(f["frozen.block2"], f["frozen"])  # "frozen" is the last block's pooled output
 
 
 def test_every_run_of_a_sweep_shares_the_frozen_features(sweep):
@@ -86,7 +87,7 @@ def test_rerun_skips_finished_runs(sweep, capsys):
 
 
 def test_killed_run_resumes_and_completes(tmp_path):
-    argv = [sys.executable, "-m", "adaptertune.cli", "train", *TINY, "--train-samples", "2000", "--epochs", "6",
+    argv = [sys.executable, "-m", "adaptertune.cli", "train", *TINY, "--train-samples", "1000", "--epochs", "6",
             "--rank", "2", "--out", str(tmp_path)]
     run_dir = tmp_path / "synthetic-vit_nano-adapter-r2-s0"
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -182,3 +183,21 @@ def test_linear_probe_on_cached_features_matches_the_backbone_path(tmp_path):
     cached, direct = summaries
     np.testing.assert_allclose(cached["val_losses"], direct["val_losses"], rtol=1e-4)
     assert cached["test_acc1"] == pytest.approx(direct["test_acc1"], abs=1.0)
+
+
+def test_saved_features_show_the_adapter_rank_that_the_final_norm_would_hide():
+    from adaptertune.adapters import adapters_disabled, add_adapters
+    from adaptertune.features import extract
+
+    model = create_backbone("vit_micro", "none", num_classes=3)
+    add_adapters(model, rank=2, blocks="last:1", init="random")
+    x = data.procedural_images(200, 32, torch.Generator().manual_seed(0))
+    images = data.Images(x, torch.zeros(200, dtype=torch.long), 3)
+    kw = dict(size=32, mean=(0.5,) * 3, std=(0.5,) * 3, device=torch.device("cpu"))
+    with adapters_disabled(model):
+        frozen = extract(model, images, np.arange(200), **kw)
+    adapted = extract(model, images, np.arange(200), **kw)
+    shift = (adapted["features"] - frozen["features"]).astype(np.float64)
+    assert np.linalg.matrix_rank(shift, tol=1e-4 * np.abs(shift).max()) == 2
+    after_norm = (adapted["prelogits"] - frozen["prelogits"]).astype(np.float64)
+    assert np.linalg.matrix_rank(after_norm, tol=1e-4 * np.abs(after_norm).max()) > 10
