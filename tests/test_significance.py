@@ -13,6 +13,7 @@ from statsmodels.stats.multitest import multipletests
 
 from adaptertune import cli
 from adaptertune.analysis import significance as sig
+from adaptertune.analysis.claims import Claim, evaluate_claim, load_claims
 
 DATASETS = ("cifar10", "pets")
 BACKBONES = ("deit_tiny_patch16_224", "vit_small_patch16_224")
@@ -66,7 +67,7 @@ def rows(values, *, val=None):
 
 
 def claim(**kw):
-    return sig.Claim(**{"id": "c", **kw})
+    return Claim(**{"id": "c", **kw})
 
 
 # -- single tests against scipy, statsmodels and textbook values ---------------------------------------
@@ -340,7 +341,7 @@ def _simulate(kind_claim, make_rows, reps, seed=0, **kw):
     verdicts = []
     for _ in range(reps):
         table = sig.table_from_rows(make_rows(rng))
-        verdicts.append(sig.evaluate_claim(kind_claim, table, n_boot=20, **kw).verdict)
+        verdicts.append(evaluate_claim(kind_claim, table, n_boot=20, **kw).verdict)
     return verdicts
 
 
@@ -424,13 +425,13 @@ def test_claim_scope_restricts_to_named_pairs_and_resolves_backbone_shorthand():
             ("svhn", "vit_small_patch16_224", "head", None): [70.0, 70.5, 71.0]}
     table = sig.table_from_rows(rows(vals))
     c = claim(kind="better_all", a="full", b="head", test="t", datasets=("cifar10",), backbones=("vit_small",))
-    r = sig.evaluate_claim(c, table)
+    r = evaluate_claim(c, table)
     assert r.verdict == "supported" and [p["dataset"] for p in r.details["pairs"]] == ["cifar10"]
-    assert sig.evaluate_claim(replace(c, datasets=None), table).verdict == "not supported"
+    assert evaluate_claim(replace(c, datasets=None), table).verdict == "not supported"
 
 
 def test_shipped_paper_claims_parse_and_name_the_core_suite():
-    claims = sig.load_claims(Path(__file__).parents[1] / "analysis" / "paper_claims.toml")
+    claims = load_claims(Path(__file__).parents[1] / "analysis" / "paper_claims.toml")
     by_id = {c.id: c for c in claims}
     assert {c.kind for c in claims} >= {"better_all", "mean_diff", "wins", "monotone"}
     gain = next(c for c in claims if c.kind == "mean_diff")
@@ -456,17 +457,17 @@ def test_elbow_claim_reads_the_capacity_reports_intervals(make_run, tmp_path, mo
     monkeypatch.setattr(capacity, "analyze_runs", fake, raising=False)
     table = sig.load_table(tmp_path / "runs")
     kw = dict(runs_dir=tmp_path / "runs", out_dir=tmp_path / "out")
-    assert sig.evaluate_claim(claim(kind="elbow", at_most=16.0), table, **kw).verdict == "supported"
+    assert evaluate_claim(claim(kind="elbow", at_most=16.0), table, **kw).verdict == "supported"
     assert calls == [tmp_path / "runs"]
-    below = sig.evaluate_claim(claim(kind="elbow", at_most=10.0), table, **kw)
+    below = evaluate_claim(claim(kind="elbow", at_most=10.0), table, **kw)
     assert below.verdict == "not supported" and "at or below rank 10 on 0/4 pairs" in below.summary
     groups[0]["elbow_ci"] = [6.0, None]                          # beyond the search horizon: unbounded
-    unbounded = sig.evaluate_claim(claim(kind="elbow", at_most=16.0), table, **kw)
+    unbounded = evaluate_claim(claim(kind="elbow", at_most=16.0), table, **kw)
     assert unbounded.verdict == "not supported" and "3/4" in unbounded.summary
     del groups[0]
-    assert sig.evaluate_claim(claim(kind="elbow", at_most=16.0), table, **kw).verdict == "inconclusive"
+    assert evaluate_claim(claim(kind="elbow", at_most=16.0), table, **kw).verdict == "inconclusive"
     with pytest.raises(sig.UserError, match="elbow claims need run directories"):
-        sig.evaluate_claim(claim(kind="elbow", at_most=16.0), table)
+        evaluate_claim(claim(kind="elbow", at_most=16.0), table)
 
 
 def test_ablation_runs_get_their_own_labels_and_never_enter_rank_selection():
@@ -490,8 +491,8 @@ def test_elbow_claim_against_the_real_capacity_fit(make_run, tmp_path):
                      summary={"test_acc1": 90 - 8 / r + rng.normal(0, 0.05), "best_val_acc1": 90.0})
     table = sig.load_table(tmp_path / "runs")
     kw = dict(runs_dir=tmp_path / "runs", out_dir=tmp_path / "out")
-    low = sig.evaluate_claim(claim(kind="elbow", at_most=32.0), table, **kw)
+    low = evaluate_claim(claim(kind="elbow", at_most=32.0), table, **kw)
     assert low.verdict == "supported", low.summary
     assert 4 <= low.details["pairs"][0]["elbow"] <= 16
-    assert sig.evaluate_claim(claim(kind="elbow", at_most=2.0), table, **kw).verdict == "not supported"
+    assert evaluate_claim(claim(kind="elbow", at_most=2.0), table, **kw).verdict == "not supported"
     assert not (tmp_path / "out").exists()  # the capacity fit's files are not written as a side effect

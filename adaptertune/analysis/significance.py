@@ -18,20 +18,10 @@ Honest power: each test states the smallest p-value it can attain with this many
 correction, at best). A result whose best attainable p exceeds alpha is "inconclusive
 (underpowered)", never "not significant".
 
-Claims (a TOML file, see `load_claims`) get one verdict each: "supported" (the claim's test
-rejects its null at alpha), "not supported" (the test could have, and did not) or "inconclusive
-(underpowered)" (no data of this size could have supported it). The tests, all one-sided:
-
-    better_all  a > b on each pair in scope, each at alpha (intersection-union: no correction needed)
-    mean_diff   mean over pairs of the pair mean differences vs the bound(s), pairs as the units
-                (two bounds: two one-sided tests); interval: hierarchical bootstrap (pairs, then seeds)
-    wins        per-pair wins significant after the correction (Holm: family-wise) number >= k
-    monotone    Page's L, blocks = (pair, seed), treatments = ranks ascending; with diminishing, the
-                fall of the gain per doubling (minus its slope over the steps), blocks as the units
-    elbow       the capacity analysis' 95% elbow interval is <= the rank on every pair in scope
-
-"perm" (the default test) is the sign-flip test over paired units (exact up to 16 units, Monte
-Carlo beyond) or the two-sample permutation test; "t" the t-test, which assumes normal noise.
+Claims (a TOML file) get one verdict each: see analysis/claims.py. Their tests use the
+statistics here: "perm" (the default test) is the sign-flip test over paired units (exact up to 16
+units, Monte Carlo beyond) or the two-sample permutation test; "t" the t-test, which assumes
+normal noise.
 
 Imports no torch and no plotting.
 """
@@ -40,25 +30,27 @@ from __future__ import annotations
 
 import csv
 import math
-import tempfile
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from itertools import combinations
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import stats
 
 from .. import runs
 from ..errors import UserError
+from .tables import markdown_table, output_folder, p_value, text_table, write_csv
+
+if TYPE_CHECKING:
+    from .claims import Claim
 
 TESTS = ("perm", "t")  # the test behind verdicts: exact permutation (default) or t-test
 CORRECTIONS = ("holm", "fdr_bh", "bonferroni", "none")
-KINDS = ("better_all", "mean_diff", "wins", "monotone", "elbow")
 UNDERPOWERED = "inconclusive (underpowered)"
 DEFAULT_VARIANT = {"placement": "block", "blocks": "all", "init": "zero"}
-_CAPACITY_DEFAULT = {**DEFAULT_VARIANT, "activation": "gelu", "scale": 1.0}
-_TEST_NAME = {"perm": "permutation test", "t": "t-test"}  # sign-flip (paired) or two-sample; exact up to 16 units
+TEST_NAMES = {"perm": "permutation test", "t": "t-test"}  # sign-flip (paired) or two-sample; exact up to 16 units
 
 
 # -- tests on one comparison -----------------------------------------------------------------------
@@ -154,7 +146,7 @@ def best_adjusted(min_p: float, n_tests: int, method: str) -> float:
     return min_p
 
 
-def _t_p(result) -> float:
+def t_pvalue(result) -> float:
     """A t-test's p-value; NaN (zero variance and zero mean difference: no evidence) becomes 1."""
     p = float(result.pvalue)
     return 1.0 if math.isnan(p) else p
@@ -212,7 +204,7 @@ def compare(x, y, *, paired: bool, alternative: str = "two-sided", test: str = "
             d = x - y
             n = d.size
             p_perm, min_perm = sign_flip_test(d, alternative, rng=rng)
-            p_t = _t_p(stats.ttest_rel(x, y, alternative=alternative)) if n >= 2 else None
+            p_t = t_pvalue(stats.ttest_rel(x, y, alternative=alternative)) if n >= 2 else None
             nz = int(np.count_nonzero(d))
             p_w = float(stats.wilcoxon(d, alternative=alternative).pvalue) if nz >= 2 and detail else None
             boot = d[rng.integers(0, n, size=(n_boot, n))].mean(axis=1) if n >= 2 and detail else None
@@ -221,7 +213,7 @@ def compare(x, y, *, paired: bool, alternative: str = "two-sided", test: str = "
             n = min(x.size, y.size)
             p_perm, min_perm = permutation_test_2samp(x, y, alternative, rng=rng)
             ok = x.size >= 2 and y.size >= 2
-            p_t = _t_p(stats.ttest_ind(x, y, equal_var=False, alternative=alternative)) if ok else None
+            p_t = t_pvalue(stats.ttest_ind(x, y, equal_var=False, alternative=alternative)) if ok else None
             p_w = float(stats.mannwhitneyu(x, y, alternative=alternative).pvalue) if detail else None
             boot = (x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
                     - y[rng.integers(0, y.size, size=(n_boot, y.size))].mean(axis=1)) if ok and detail else None
@@ -552,460 +544,6 @@ def paired_values(table: Table, pair: tuple[str, str], a: str, b: str,
     return np.array([va[s] for s in sorted(va)]), np.array([vb[s] for s in sorted(vb)]), (), False
 
 
-# -- claims ----------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Claim:
-    """One claim of a claims file. Methods are labels ("adapter", "adapter-r16", "head", "full")."""
-    id: str
-    kind: str
-    text: str = ""
-    a: str | None = None
-    b: str | None = None
-    datasets: tuple | None = None
-    backbones: tuple | None = None
-    alpha: float | None = None
-    test: str | None = None
-    correction: str | None = None
-    at_least: float | None = None
-    at_most: float | None = None
-    k: int | None = None
-    m: int | None = None
-    ranks: tuple | None = None
-    diminishing: bool = False
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v not in (None, False, "")}
-
-
-_COMMON = {"id", "kind", "text", "alpha", "test", "correction", "datasets", "backbones"}
-_KIND_FIELDS = {  # kind -> (required, optional)
-    "better_all": ({"a", "b"}, set()),
-    "mean_diff": ({"a", "b"}, {"at_least", "at_most"}),
-    "wins": ({"a", "b", "k"}, {"m"}),
-    "monotone": (set(), {"ranks", "diminishing"}),
-    "elbow": ({"at_most"}, set()),
-}
-_TYPES = {"id": str, "kind": str, "text": str, "a": str, "b": str, "test": str, "correction": str,
-          "alpha": float, "at_least": float, "at_most": float, "k": int, "m": int, "diminishing": bool,
-          "datasets": [str], "backbones": [str], "ranks": [int]}
-_TOP = {"alpha", "test", "correction", "description", "claim"}
-
-
-def _typed(value, kind, where: str):
-    name = kind.__name__ if isinstance(kind, type) else f"a list of {kind[0].__name__}"
-    if isinstance(kind, list):
-        if not isinstance(value, list) or not value:
-            raise UserError(f"{where} must be {name}s, got {value!r}")
-        return tuple(_typed(v, kind[0], where) for v in value)
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    raise UserError(f"{where} must be {'a number' if kind is float else 'an integer' if kind is int else name}, "
-                    f"got {value!r}")
-
-
-def parse_claims(doc: dict, name: str = "claims") -> list[Claim]:
-    """Validate a parsed claims document; file-level alpha/test/correction fill the claims' own."""
-    unknown = set(doc) - _TOP
-    if unknown:
-        raise UserError(f"{name}: unknown top-level key(s) {', '.join(sorted(unknown))} "
-                        f"(expected {', '.join(sorted(_TOP))})")
-    defaults = {}
-    for key in ("alpha", "test", "correction"):
-        if key in doc:
-            defaults[key] = _check_value(key, _typed(doc[key], _TYPES[key], f"{name}: {key}"), f"{name}: {key}")
-    raw = doc.get("claim")
-    if not isinstance(raw, list) or not raw or not all(isinstance(c, dict) for c in raw):
-        raise UserError(f"{name}: no claims (write each as a [[claim]] table with id and kind)")
-    claims, seen = [], set()
-    for i, c in enumerate(raw, start=1):
-        cid = c.get("id")
-        label = f"{name}: claim {cid!r}" if isinstance(cid, str) and cid else f"{name}: claim #{i}"
-        for req in ("id", "kind"):
-            if req not in c:
-                raise UserError(f"{label}: missing field '{req}'")
-        kind = _typed(c["kind"], str, f"{label}: field 'kind'")
-        if kind not in KINDS:
-            raise UserError(f"{label}: field 'kind' {kind!r} is not one of {', '.join(KINDS)}")
-        required, optional = _KIND_FIELDS[kind]
-        for key in c:
-            if key not in _COMMON | required | optional:
-                raise UserError(f"{label}: field '{key}' does not apply to kind '{kind}' "
-                                f"(allowed: {', '.join(sorted(_COMMON | required | optional))})")
-        for req in sorted(required):
-            if req not in c:
-                raise UserError(f"{label}: kind '{kind}' needs field '{req}'")
-        values = {k: _check_value(k, _typed(v, _TYPES[k], f"{label}: field '{k}'"), f"{label}: field '{k}'")
-                  for k, v in c.items()}
-        if values["id"] in seen:
-            raise UserError(f"{label}: duplicate id")
-        seen.add(values["id"])
-        claim = Claim(**{**defaults, **values})
-        _check_claim(claim, label)
-        claims.append(claim)
-    return claims
-
-
-def _check_value(key: str, v, where: str):
-    if key == "alpha" and not 0 < v < 1:
-        raise UserError(f"{where} must be in (0, 1), got {v}")
-    if key == "test" and v not in TESTS:
-        raise UserError(f"{where} {v!r} is not one of {', '.join(TESTS)}")
-    if key == "correction" and v not in CORRECTIONS:
-        raise UserError(f"{where} {v!r} is not one of {', '.join(CORRECTIONS)}")
-    if key in ("k", "m") and v < 1:
-        raise UserError(f"{where} must be at least 1, got {v}")
-    if key == "ranks":
-        if any(r < 1 for r in v) or len(set(v)) != len(v):
-            raise UserError(f"{where} must be distinct positive ranks, got {list(v)}")
-        return tuple(sorted(v))
-    if key == "id" and not v.strip():
-        raise UserError(f"{where} is empty")
-    return v
-
-
-def _check_claim(c: Claim, label: str) -> None:
-    if c.a is not None and c.a == c.b:
-        raise UserError(f"{label}: fields 'a' and 'b' name the same method {c.a!r}")
-    if c.kind == "mean_diff":
-        if c.at_least is None and c.at_most is None:
-            raise UserError(f"{label}: kind 'mean_diff' needs field 'at_least' or 'at_most'")
-        if c.at_least is not None and c.at_most is not None and c.at_least >= c.at_most:
-            raise UserError(f"{label}: field 'at_least' ({c.at_least}) must be below 'at_most' ({c.at_most})")
-    if c.kind == "wins" and c.m is not None and c.k > c.m:
-        raise UserError(f"{label}: field 'k' ({c.k}) exceeds 'm' ({c.m})")
-    if c.kind == "monotone" and c.ranks is not None and len(c.ranks) < 3:
-        raise UserError(f"{label}: field 'ranks' needs at least 3 ranks for a trend test")
-    if c.kind == "elbow" and c.at_most <= 0:
-        raise UserError(f"{label}: field 'at_most' must be a positive rank")
-
-
-def load_claims(path: Path) -> list[Claim]:
-    """Read and validate a claims TOML file. Schema (every claim may set text, alpha, test,
-    correction, datasets, backbones; file-level alpha/test/correction are defaults):
-
-        alpha = 0.05
-        [[claim]]
-        id = "adapter-beats-head"
-        kind = "better_all"            # a > b on every pair in scope (one-sided, each at alpha)
-        a = "adapter"
-        b = "head"
-        [[claim]]  kind = "mean_diff"  a, b, at_least and/or at_most   (mean over pairs of a - b)
-        [[claim]]  kind = "wins"       a, b, k, optional m             (a > b on >= k of m pairs)
-        [[claim]]  kind = "monotone"   optional ranks, diminishing     (accuracy rises with rank)
-        [[claim]]  kind = "elbow"      at_most                         (capacity elbow <= rank)
-    """
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise UserError(f"{path}: unreadable ({e.strerror or e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML ({e})") from None
-    return parse_claims(doc, str(path))
-
-
-@dataclass(frozen=True)
-class ClaimResult:
-    id: str
-    kind: str
-    verdict: str                 # "supported" | "not supported" | UNDERPOWERED | "inconclusive"
-    summary: str                 # one sentence with the numbers behind the verdict
-    alpha: float
-    text: str = ""
-    details: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        return {**{k: v for k, v in d.items() if k != "details"}, **d["details"]}
-
-
-@dataclass(frozen=True)
-class _Settings:
-    alpha: float
-    test: str
-    correction: str
-    n_boot: int
-    allow_unpaired: bool
-    runs_dir: Path | None
-    out_dir: Path | None
-
-
-def _match(name: str, available: list[str], what: str, cid: str) -> str:
-    """A claim's dataset/backbone name to the data's: exact (any case), or a prefix before "_"
-    ("vit_small" -> "vit_small_patch16_224")."""
-    n = name.lower()
-    hits = [v for v in available if v.lower() == n] or [v for v in available if v.lower().startswith(n + "_")]
-    if not hits:
-        raise UserError(f"claim {cid!r}: {what} {name!r} not in the data (have: {', '.join(available)})")
-    if len(hits) > 1:
-        raise UserError(f"claim {cid!r}: {what} {name!r} is ambiguous ({', '.join(hits)})")
-    return hits[0]
-
-
-def _scope(claim: Claim, table: Table, labels: list[str]) -> list[tuple[str, str]]:
-    """The (dataset, backbone) pairs a claim covers; each must have runs of every label in `labels`."""
-    pairs = table.pairs()
-    all_d, all_b = sorted({d for d, _ in pairs}), sorted({b for _, b in pairs})
-    ds = [_match(n, all_d, "dataset", claim.id) for n in claim.datasets] if claim.datasets else all_d
-    bs = [_match(n, all_b, "backbone", claim.id) for n in claim.backbones] if claim.backbones else all_b
-    if claim.datasets and claim.backbones:
-        missing = [f"{d}/{b}" for d in ds for b in bs if (d, b) not in pairs]
-        if missing:
-            raise UserError(f"claim {claim.id!r}: pair(s) not in the data: {', '.join(missing)}")
-    scope = [p for p in pairs if p[0] in ds and p[1] in bs]
-    known = table.labels()
-    for lab in labels:
-        if lab not in known:
-            hint = " (no rank could be selected on validation; name one, e.g. adapter-r16)" if lab == "adapter" else ""
-            raise UserError(f"claim {claim.id!r}: method {lab!r} not in the data{hint} (have: {', '.join(known)})")
-        lacking = [f"{d}/{b}" for d, b in scope if not table.values((d, b), lab)]
-        if lacking:
-            raise UserError(f"claim {claim.id!r}: no {lab} runs on {', '.join(lacking)}; "
-                            "restrict the claim with datasets/backbones or run them")
-    if not scope:
-        raise UserError(f"claim {claim.id!r}: no dataset/backbone pair in scope")
-    return scope
-
-
-def _pstr(p: float | None) -> str:
-    if p is None:
-        return "-"
-    return f"{p:.1e}" if 0 < p < 1e-3 else ("0" if p == 0 else f"{p:.3g}")
-
-
-def _pair_tests(claim: Claim, table: Table, s: _Settings, rng) -> tuple[list, list[Comparison]]:
-    scope = _scope(claim, table, [claim.a, claim.b])
-    units = [paired_values(table, p, claim.a, claim.b, s.allow_unpaired) for p in scope]
-    comps = [compare(x, y, paired=pd, alternative="greater", test=s.test, rng=rng, level=1 - s.alpha,
-                     dataset=p[0], backbone=p[1], a=claim.a, b=claim.b, seeds=sd, detail=False)
-             for p, (x, y, sd, pd) in zip(scope, units)]
-    return units, comps
-
-
-def _seeds_text(comps: list[Comparison]) -> str:
-    ns = sorted({c.n for c in comps})
-    return f"{ns[0]} seeds" if len(ns) == 1 else f"{ns[0]}-{ns[-1]} seeds"
-
-
-def _claim_better_all(claim: Claim, table: Table, s: _Settings, rng) -> ClaimResult:
-    """Intersection-union test: a > b on every pair iff each one-sided test rejects at alpha."""
-    _, comps = _pair_tests(claim, table, s, rng)
-    m = len(comps)
-    best = max(c.min_p for c in comps)
-    n_pos = sum(c.mean_diff > 0 for c in comps)
-    lo = min(comps, key=lambda c: c.mean_diff)
-    worst = max(comps, key=lambda c: c.p)
-    test = f"one-sided {_TEST_NAME[s.test]}"
-    n_sig_t = sum(c.p_t is not None and c.p_t <= s.alpha for c in comps)
-    head = (f"{claim.a} beat {claim.b} on {n_pos}/{m} pairs by mean "
-            f"(smallest difference {lo.mean_diff:+.2f} on {lo.pair})")
-    if best > s.alpha:
-        v = UNDERPOWERED
-        summary = (f"{head}; with {_seeds_text(comps)} the {test} cannot go below p = {_pstr(best)} "
-                   f"> alpha = {s.alpha} (one-sided paired t-tests: {n_sig_t}/{m} pairs p <= alpha)")
-    elif worst.p <= s.alpha:
-        v = "supported"
-        summary = f"{head}; every pair significant ({test}, largest p = {_pstr(worst.p)} on {worst.pair})"
-    else:
-        v = "not supported"
-        fails = sorted((c for c in comps if c.p > s.alpha), key=lambda c: -c.p)
-        listed = ", ".join(f"{c.pair} ({c.mean_diff:+.2f}, p = {_pstr(c.p)})" for c in fails[:3])
-        summary = (f"{head}; significant ({test}) on {m - len(fails)}/{m} pairs, not on {listed}"
-                   + (f" and {len(fails) - 3} more" if len(fails) > 3 else ""))
-    return ClaimResult(claim.id, claim.kind, v, summary, s.alpha, claim.text, {
-        "a": claim.a, "b": claim.b, "test": s.test, "min_attainable_p": best, "max_p": worst.p,
-        "pairs": [_brief(c) for c in comps]})
-
-
-def _brief(c: Comparison) -> dict:
-    return {"dataset": c.dataset, "backbone": c.backbone, "n": c.n, "mean_diff": c.mean_diff,
-            "p": c.p, "p_t": c.p_t, "min_p": c.min_p, **({"p_adj": c.p_adj} if c.p_adj is not None else {})}
-
-
-def _claim_mean_diff(claim: Claim, table: Table, s: _Settings, rng) -> ClaimResult:
-    """One-sided test(s) of the mean over pairs of the pair mean differences against the bound(s)
-    (both bounds: two one-sided tests, p = the larger); the interval is a hierarchical bootstrap."""
-    units, comps = _pair_tests(claim, table, s, rng)
-    units3 = [(x, y, pd) for x, y, _, pd in units]
-    diffs = np.array([c.mean_diff for c in comps])
-    est = float(diffs.mean())
-    boot = hierarchical_bootstrap(units3, rng=rng, n_boot=s.n_boot)
-    ci = tuple(float(v) for v in np.quantile(boot, (s.alpha / 2, 1 - s.alpha / 2)))
-    ps, mins = [], []
-    for bound, alt in ((claim.at_least, "greater"), (claim.at_most, "less")):
-        if bound is None:
-            continue
-        if len(comps) == 1:  # one pair: the seeds are the units
-            x, y, sd, pd = units[0]
-            c = compare(x - bound, y, paired=pd, alternative=alt, test=s.test, rng=rng, detail=False)
-            p, mn = c.p, c.min_p
-        elif s.test == "perm":
-            p, mn = sign_flip_test(diffs - bound, alt, rng=rng)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                p, mn = _t_p(stats.ttest_1samp(diffs - bound, 0.0, alternative=alt)), 0.0
-        ps.append(p)
-        mins.append(mn)
-    p, best = max(ps), max(mins)
-    units_text = f"{len(comps)} pair means" if len(comps) > 1 else f"{comps[0].n} seeds"
-    bound_text = (f">= {claim.at_least:g}" if claim.at_most is None else
-                  f"<= {claim.at_most:g}" if claim.at_least is None else
-                  f"within [{claim.at_least:g}, {claim.at_most:g}]")
-    v = UNDERPOWERED if best > s.alpha else ("supported" if p <= s.alpha else "not supported")
-    summary = (f"mean {claim.a} - {claim.b} over {len(comps)} pairs = {est:+.2f} points "
-               f"({1 - s.alpha:.0%} hierarchical-bootstrap CI [{ci[0]:+.2f}, {ci[1]:+.2f}]); "
-               f"claim {bound_text}: one-sided {_TEST_NAME[s.test]} over {units_text} p = {_pstr(p)}"
-               + (f", which cannot go below {_pstr(best)}" if best > s.alpha else ""))
-    return ClaimResult(claim.id, claim.kind, v, summary, s.alpha, claim.text, {
-        "a": claim.a, "b": claim.b, "test": s.test, "mean_diff": est, "ci": ci, "p": p,
-        "min_attainable_p": best, "at_least": claim.at_least, "at_most": claim.at_most,
-        "pairs": [_brief(c) for c in comps]})
-
-
-def _claim_wins(claim: Claim, table: Table, s: _Settings, rng) -> ClaimResult:
-    """a beats b on >= k pairs: the number of one-sided wins significant after the correction
-    (FWER under Holm, so the count of true wins is at least this with probability 1 - alpha)."""
-    _, comps = _pair_tests(claim, table, s, rng)
-    m = len(comps)
-    if claim.m is not None and claim.m != m:
-        raise UserError(f"claim {claim.id!r}: field 'm' is {claim.m} but {m} pairs are in scope")
-    if claim.k > m:
-        raise UserError(f"claim {claim.id!r}: field 'k' ({claim.k}) exceeds the {m} pairs in scope")
-    p_adj = adjust([c.p for c in comps], s.correction)
-    comps = [replace(c, p_adj=float(q)) for c, q in zip(comps, p_adj)]
-    n_sig = int(sum(q <= s.alpha for q in p_adj))
-    point = sum(c.mean_diff > 0 for c in comps)
-    best = best_adjusted(sorted(c.min_p for c in comps)[claim.k - 1], m, s.correction)
-    v = UNDERPOWERED if best > s.alpha else ("supported" if n_sig >= claim.k else "not supported")
-    summary = (f"{claim.a} beat {claim.b} on {point}/{m} pairs by mean, {n_sig} significant after {s.correction} "
-               f"(one-sided {_TEST_NAME[s.test]}, alpha = {s.alpha}); the claim needs {claim.k}"
-               + (f"; with {_seeds_text(comps)} and {m} pairs the best attainable adjusted p is {_pstr(best)}"
-                  if best > s.alpha else ""))
-    return ClaimResult(claim.id, claim.kind, v, summary, s.alpha, claim.text, {
-        "a": claim.a, "b": claim.b, "test": s.test, "correction": s.correction, "k": claim.k, "m": m,
-        "wins_by_mean": point, "wins_significant": n_sig, "min_attainable_p": best,
-        "pairs": [_brief(c) for c in comps]})
-
-
-def _claim_monotone(claim: Claim, table: Table, s: _Settings, rng) -> ClaimResult:
-    """Page's L trend test over blocks = (pair, seed), treatments = ranks in increasing order; with
-    `diminishing`, also a one-sided test that the gain per doubling of rank falls (per block: minus
-    the least-squares slope of the gains over the steps; tested over blocks as in `s.test`)."""
-    scope = _scope(claim, table, [])
-    ranks = list(claim.ranks) if claim.ranks else sorted(set.intersection(*(set(table.ranks(p)) for p in scope)))
-    if len(ranks) < 3:
-        raise UserError(f"claim {claim.id!r}: a trend needs at least 3 adapter ranks common to every pair "
-                        f"in scope, found {ranks or 'none'}")
-    labels = [f"adapter-r{r}" for r in ranks]
-    _scope(claim, table, labels)
-    blocks, curves = [], []
-    for p in scope:
-        seeds = [set(table.values(p, lab)) for lab in labels]
-        if any(sd != seeds[0] for sd in seeds):
-            raise UserError(f"{p[0]}/{p[1]}: ranks {', '.join(map(str, ranks))} were not all run with the same "
-                            f"seeds ({'; '.join(f'r{r}: {sorted(sd)}' for r, sd in zip(ranks, seeds))})")
-        rows = np.array([[table.values(p, lab)[sd] for lab in labels] for sd in sorted(seeds[0])])  # (n, K)
-        blocks.append(rows)
-        curves.append(rows.mean(axis=0))
-    data = np.concatenate(blocks)                                               # (N, K)
-    n_blocks, k = data.shape
-    min_trend = math.factorial(k) ** -float(n_blocks)
-    p_trend = float(stats.page_trend_test(data).pvalue) if n_blocks >= 2 else 1.0
-    if n_blocks < 2:
-        min_trend = 1.0
-    monotone = sum(bool(np.all(np.diff(c) >= 0)) for c in curves)
-    ps, mins = [p_trend], [min_trend]
-    detail = {"ranks": ranks, "blocks": n_blocks, "p_trend": p_trend, "pairs_monotone_in_mean": monotone,
-              "pairs": len(scope)}
-    text = (f"accuracy vs rank {'<'.join(map(str, ranks))}: Page's L over {n_blocks} blocks "
-            f"({len(scope)} pairs x seeds) "
-            f"p = {_pstr(p_trend)}; mean curve non-decreasing on {monotone}/{len(scope)} pairs")
-    if claim.diminishing:
-        gains = np.diff(data, axis=1) / np.diff(np.log2(ranks))                 # (N, K-1) per doubling
-        j = np.arange(k - 1) - (k - 2) / 2
-        contrast = -(gains @ j) / (j @ j)                                       # (N,) > 0: gains fall
-        if s.test == "perm":
-            p_dim, min_dim = sign_flip_test(contrast, "greater", rng=rng)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                p_dim, min_dim = _t_p(stats.ttest_1samp(contrast, 0.0, alternative="greater")), 0.0
-        ps.append(p_dim)
-        mins.append(min_dim)
-        mean_gains = gains.mean(axis=0)
-        detail.update(p_diminishing=p_dim, gain_per_doubling=mean_gains.tolist())
-        text += (f"; gain per doubling {', '.join(f'{g:+.2f}' for g in mean_gains)} "
-                 f"(falling: one-sided {_TEST_NAME[s.test]} over blocks p = {_pstr(p_dim)})")
-    best, p = max(mins), max(ps)
-    v = UNDERPOWERED if best > s.alpha else ("supported" if p <= s.alpha else "not supported")
-    if best > s.alpha:
-        text += f"; with {n_blocks} blocks no test here can go below p = {_pstr(best)}"
-    return ClaimResult(claim.id, claim.kind, v, text, s.alpha, claim.text,
-                       {**detail, "test": s.test, "min_attainable_p": best})
-
-
-def _claim_elbow(claim: Claim, table: Table, s: _Settings, rng) -> ClaimResult:
-    """Every pair's capacity-model elbow interval (95%, from analysis.capacity, reference adapter
-    configuration) lies at or below `at_most`.
-
-    An unbounded interval (elbow beyond the search horizon, or not fitted) counts as above; a pair
-    the capacity analysis did not fit at all makes the verdict "inconclusive"."""
-    if s.runs_dir is None:
-        raise UserError(f"claim {claim.id!r}: elbow claims need run directories, not a CSV table")
-    try:
-        from . import capacity
-    except ModuleNotFoundError:
-        raise UserError(f"claim {claim.id!r}: elbow claims need adaptertune.analysis.capacity, "
-                        "which this installation lacks") from None
-    scope = _scope(claim, table, [])
-    with tempfile.TemporaryDirectory() as tmp:  # the capacity analysis' own files are not ours to write
-        groups = capacity.analyze_runs(s.runs_dir, Path(tmp), plot=False).to_dict()["groups"]
-    found = {}
-    for g in groups:  # the reference configuration of each pair; ablation sweeps are not the claim's
-        if all(g.get(k) in (None, v) for k, v in _CAPACITY_DEFAULT.items()):
-            found.setdefault((g.get("dataset"), g.get("backbone")), g)
-    rows, lost = [], []
-    for p in scope:
-        g = found.get(p)
-        if g is None:
-            lost.append(f"{p[0]}/{p[1]}")
-            continue
-        ci = [math.inf if c is None else float(c) for c in (g.get("elbow_ci") or (None, None))]
-        elbow = math.inf if g.get("elbow") is None else float(g["elbow"])  # None: beyond the horizon or no fit
-        rows.append({"dataset": p[0], "backbone": p[1], "elbow": elbow, "elbow_ci": tuple(ci)})
-    above = [r for r in rows if r["elbow_ci"][1] > claim.at_most]
-    v = "inconclusive" if lost else ("supported" if not above else "not supported")
-    shown = ", ".join("{}/{} ({:.3g} [{:.3g}, {:.3g}])".format(r["dataset"], r["backbone"], r["elbow"], *r["elbow_ci"])
-                      for r in above[:3])
-    summary = (f"capacity-model elbow 95% interval at or below rank {claim.at_most:g} "
-               f"on {len(rows) - len(above)}/{len(scope)} pairs"
-               + (f"; above on {shown}" if above else "")
-               + (f"; no capacity fit for {', '.join(lost)}" if lost else ""))
-    return ClaimResult(claim.id, claim.kind, v, summary, s.alpha, claim.text,
-                       {"at_most": claim.at_most, "pairs": rows, "not_located": lost})
-
-
-_EVALUATE = {"better_all": _claim_better_all, "mean_diff": _claim_mean_diff, "wins": _claim_wins,
-             "monotone": _claim_monotone, "elbow": _claim_elbow}
-
-
-def evaluate_claim(claim: Claim, table: Table, *, alpha: float = 0.05, test: str = "perm",
-                   correction: str = "holm", n_boot: int = 2000, seed: int = 0, allow_unpaired: bool = False,
-                   runs_dir: Path | None = None, out_dir: Path | None = None, index: int = 0) -> ClaimResult:
-    """One claim's verdict; the claim's own alpha/test/correction override the arguments."""
-    s = _Settings(claim.alpha or alpha, claim.test or test, claim.correction or correction, n_boot,
-                  allow_unpaired, runs_dir, out_dir)
-    return _EVALUATE[claim.kind](claim, table, s, np.random.default_rng([seed, 100 + index]))
-
-
 # -- the report ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -1038,8 +576,8 @@ class SignificanceReport:
         head = ["pair", "a - b", "n", "diff", f"{1 - self.alpha:.0%} CI (boot)", "p_t", "p_perm", "p_adj",
                 "g", "min p", "verdict"]
         rows = [[c.pair, f"{c.a} - {c.b}", f"{c.n}{'' if c.paired else 'u'}", f"{c.mean_diff:+.2f}",
-                 _ci(c.ci), _pstr(c.p_t), _pstr(c.p_perm), _pstr(c.p_adj),
-                 "-" if c.hedges_g is None else f"{c.hedges_g:+.2f}", _pstr(c.min_p), c.verdict]
+                 _ci(c.ci), p_value(c.p_t), p_value(c.p_perm), p_value(c.p_adj),
+                 "-" if c.hedges_g is None else f"{c.hedges_g:+.2f}", p_value(c.min_p), c.verdict]
                 for c in self.comparisons]
         return head, rows
 
@@ -1051,10 +589,10 @@ class SignificanceReport:
             rows.append([f"{g.a} - {g.b}", str(g.n_pairs), f"{g.mean_diff:+.2f}", _ci(g.ci),
                          "-" if g.iqm is None else f"{g.iqm:+.2f}", _ci(g.iqm_ci),
                          f"{g.prob_improvement:.2f} {_ci(g.prob_improvement_ci, '.2f')}",
-                         f"{g.wins}/{g.ties}/{g.losses}", _pstr(g.p_sign)])
+                         f"{g.wins}/{g.ties}/{g.losses}", p_value(g.p_sign)])
             if mixed:
                 fit = g.mixed or {}
-                rows[-1].append("-" if fit.get("coef") is None else f"{fit['coef']:+.2f} (p = {_pstr(fit['p'])})")
+                rows[-1].append("-" if fit.get("coef") is None else f"{fit['coef']:+.2f} (p = {p_value(fit['p'])})")
         return head + (["MixedLM"] if mixed else []), rows
 
     def _selected_text(self) -> str:
@@ -1065,18 +603,18 @@ class SignificanceReport:
 
     def table(self) -> str:
         """Plain text: selection, pairwise comparisons, aggregates, one verdict per claim."""
-        out = [f"significance of {self.metric}: verdicts by the {_TEST_NAME[self.test]}, "
+        out = [f"significance of {self.metric}: verdicts by the {TEST_NAMES[self.test]}, "
                f"{self.correction} correction over {len(self.comparisons)} comparisons, alpha = {self.alpha}",
                f"adapter = per pair, the rank with the best mean validation accuracy (test accuracy never used): "
                f"{self._selected_text()}"]
         for n in sorted({c.n for c in self.comparisons if c.paired}):
             c = next(c for c in self.comparisons if c.paired and c.n == n)
-            out.append(f"with {n} paired seeds the smallest two-sided p is {_pstr(c.min_p_by_test['perm'])} for the "
+            out.append(f"with {n} paired seeds the smallest two-sided p is {p_value(c.min_p_by_test['perm'])} for the "
                        f"exact sign-flip and Wilcoxon tests; the t-test can go lower by assuming normal seed noise")
         if self.comparisons:
-            out += ["", _text_table(*self._comparison_rows())]
+            out += ["", text_table(*self._comparison_rows())]
         if self.aggregates:
-            out += ["", "across pairs:", _text_table(*self._aggregate_rows())]
+            out += ["", "across pairs:", text_table(*self._aggregate_rows())]
         for c in self.claims:
             out += ["", f"[{c.verdict}] {c.id}: {c.text}".rstrip(": "), f"    {c.summary}"]
         if self.notes:
@@ -1086,18 +624,18 @@ class SignificanceReport:
     def markdown(self) -> str:
         """A Markdown section: comparisons, aggregates and claims as tables."""
         out = ["## Significance", "",
-               f"Metric `{self.metric}`; verdicts by the {_TEST_NAME[self.test]} with {self.correction} "
+               f"Metric `{self.metric}`; verdicts by the {TEST_NAMES[self.test]} with {self.correction} "
                f"correction over {len(self.comparisons)} comparisons at alpha = {self.alpha}. "
                "`adapter` is the rank with the best mean validation accuracy per pair "
                f"({self._selected_text()}); test accuracy is never used to select. A result is "
                "*inconclusive (underpowered)* when no data with this many seeds could reach alpha.", ""]
         if self.comparisons:
-            out += ["### Pairwise comparisons", "", _md_table(*self._comparison_rows()), ""]
+            out += ["### Pairwise comparisons", "", markdown_table(*self._comparison_rows()), ""]
             out += [f"![paired differences with {1 - self.alpha:.0%} bootstrap intervals]({f})\n" for f in self.figures]
         if self.aggregates:
-            out += ["### Across pairs", "", _md_table(*self._aggregate_rows()), ""]
+            out += ["### Across pairs", "", markdown_table(*self._aggregate_rows()), ""]
         if self.claims:
-            out += ["### Claims", "", _md_table(["claim", "verdict", "evidence"],
+            out += ["### Claims", "", markdown_table(["claim", "verdict", "evidence"],
                                                 [[f"**{c.id}** {c.text}".strip(), c.verdict, c.summary]
                                                  for c in self.claims]), ""]
         return "\n".join(out)
@@ -1123,17 +661,6 @@ def _ci(ci, fmt: str = "+.2f") -> str:
     return "-" if ci is None else f"[{ci[0]:{fmt}}, {ci[1]:{fmt}}]"
 
 
-def _text_table(head: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in [head, *rows])
-
-
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    esc = [[v.replace("|", r"\|") for v in r] for r in [head, *rows]]
-    return "\n".join(["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(head)]
-                     + ["| " + " | ".join(r) + " |" for r in esc[1:]])
-
-
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
         "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"$<$", ">": r"$>$",
         "Γ": r"$\Gamma$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$", "α": r"$\alpha$", "−": "-"}
@@ -1157,11 +684,12 @@ def _default_labels(table: Table) -> list[str]:
 
 def analyze(table: Table, claims: list[Claim] = (), *, alpha: float = 0.05, test: str = "perm",
             correction: str = "holm", methods: list[str] | None = None, n_boot: int = 2000, seed: int = 0,
-            mixed: bool = False, allow_unpaired: bool = False, runs_dir: Path | None = None,
-            out_dir: Path | None = None) -> SignificanceReport:
+            mixed: bool = False, allow_unpaired: bool = False, runs_dir: Path | None = None) -> SignificanceReport:
     """Compare every pair of `methods` (default: the selected adapter and every baseline) on each
     (dataset, backbone) pair where both were run, correct over all comparisons, aggregate per method
     pair, and evaluate `claims`."""
+    from .claims import evaluate_claim
+
     if test not in TESTS:
         raise UserError(f"--test {test!r}: choose one of {', '.join(TESTS)}")
     if correction not in CORRECTIONS:
@@ -1190,7 +718,7 @@ def analyze(table: Table, claims: list[Claim] = (), *, alpha: float = 0.05, test
     aggs = [aggregate([u for u, _ in v], [n for _, n in v], a, b, rng=rng, n_boot=n_boot, level=1 - alpha,
                       mixed=mixed) for (a, b), v in units_by.items()]
     results = [evaluate_claim(c, table, alpha=alpha, test=test, correction=correction, n_boot=n_boot, seed=seed,
-                              allow_unpaired=allow_unpaired, runs_dir=runs_dir, out_dir=out_dir, index=i)
+                              allow_unpaired=allow_unpaired, runs_dir=runs_dir, index=i)
                for i, c in enumerate(claims)]
     selected = tuple({"dataset": d, "backbone": b, "rank": r, "val_acc1": v}
                      for (d, b), (r, v) in sorted(table.selected.items()))
@@ -1207,8 +735,10 @@ def analyze_runs(runs_dir: Path, out_dir: Path, claims=None, *, metric: str = "t
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     table = load_table(runs_dir, metric)
     if isinstance(claims, (str, Path)):
+        from .claims import load_claims
+
         claims = load_claims(Path(claims))
-    report = analyze(table, claims or (), runs_dir=table.source, out_dir=out_dir, **options)
+    report = analyze(table, claims or (), runs_dir=table.source, **options)
     if plot and report.comparisons:
         from . import plots
 
@@ -1226,20 +756,15 @@ def analyze_runs(runs_dir: Path, out_dir: Path, claims=None, *, metric: str = "t
     return report
 
 
-def _write_csv(path: Path, comps) -> None:
-    import io
+_CSV = ("dataset", "backbone", "a", "b", "n", "paired", "mean_a", "mean_b", "mean_diff", "ci_lo", "ci_hi",
+        "ci_t_lo", "ci_t_hi", "p_t", "p_perm", "p_wilcoxon", "hedges_g", "test", "p", "min_p", "p_adj", "verdict")
 
-    cols = ["dataset", "backbone", "a", "b", "n", "paired", "mean_a", "mean_b", "mean_diff", "ci_lo", "ci_hi",
-            "ci_t_lo", "ci_t_hi", "p_t", "p_perm", "p_wilcoxon", "hedges_g", "test", "p", "min_p", "p_adj", "verdict"]
-    buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(cols)
-    for c in comps:
-        d = c.to_dict()
-        d.update(ci_lo=(c.ci or (None, None))[0], ci_hi=(c.ci or (None, None))[1],
-                 ci_t_lo=(c.ci_t or (None, None))[0], ci_t_hi=(c.ci_t or (None, None))[1])
-        w.writerow(["" if d[k] is None else d[k] for k in cols])
-    runs.write_text(path, buf.getvalue())
+
+def _write_csv(path: Path, comps) -> None:
+    """One row per pairwise comparison (CRLF line ends, as csv's default has always written them)."""
+    rows = [{**c.to_dict(), "ci_lo": (c.ci or (None, None))[0], "ci_hi": (c.ci or (None, None))[1],
+             "ci_t_lo": (c.ci_t or (None, None))[0], "ci_t_hi": (c.ci_t or (None, None))[1]} for c in comps]
+    write_csv(path, _CSV, rows, lineterminator="\r\n")
 
 
 def add_arguments(parser) -> None:
@@ -1264,8 +789,7 @@ def add_arguments(parser) -> None:
 
 
 def run_command(args) -> int:
-    source = Path(args.runs)
-    out = args.out or (source if source.is_dir() else source.parent) / "analysis"
+    source, out = Path(args.runs), output_folder(args)
     latex = args.latex or (Path("paper/claims.tex") if args.claims else None)
     if args.bootstrap < 10:
         raise UserError(f"--bootstrap must be at least 10, got {args.bootstrap}")
