@@ -37,7 +37,6 @@ effects), decline_p (one-sided t-test that accuracy falls over the upper half of
 
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from scipy import stats
 
 from ..errors import UserError
 from ..runs import _plain as plain   # JSON-safe: arrays to lists, NaN/inf to None
+from .tables import markdown_table, output_folder, text_table, write_csv
 
 FAMILIES = ("power", "exp", "spectral")
 DELTA = 0.5          # points a doubling must gain to be worth it
@@ -814,10 +814,8 @@ def group_tail(members: list, runs: list, cache: dict | None = None) -> tuple[np
     else its highest-rank adapter runs. Each seed's tail is normalised before averaging, so every
     seed's shape weighs the same. `cache` maps run paths to tails already computed.
     """
-    try:
-        from .spectrum import spectrum
-    except ImportError:
-        return None, "", "adaptertune.analysis.spectrum is not installed"
+    from .spectrum import spectrum
+
     ds, bb = members[0][3].config.get("dataset"), members[0][3].config.get("backbone")
     full = [r for r in runs if r.config.get("method") == "full" and r.config.get("dataset") == ds
             and r.config.get("backbone") == bb and (r.path / "features.safetensors").exists()]
@@ -881,7 +879,8 @@ class CapacityReport:
     def table(self) -> str:
         """Plain-text table, then each group's notes and the skipped groups and runs."""
         rows = self.rows()
-        lines = [_text_table(rows)] if rows else ["no rank sweep could be fitted"]
+        lines = [text_table(list(rows[0]), [list(r.values()) for r in rows])] if rows else \
+            ["no rank sweep could be fitted"]
         lines += [f"note: {g.label}: {n}" for g in self.groups for n in g.to_dict()["notes"]]
         lines += [f"note: {n}" for n in self.notes]
         lines += [f"skipped {s.get('run') or 'group ' + s['group']}: {s['reason']}" for s in self.skipped]
@@ -902,9 +901,7 @@ class CapacityReport:
                  f"spectrum (scaled to the end ranks only).", ""]
         rows = self.rows()
         if rows:
-            cols = list(rows[0])
-            lines += ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-            lines += ["| " + " | ".join(r[c] for c in cols) + " |" for r in rows]
+            lines.append(markdown_table(list(rows[0]), [list(r.values()) for r in rows]))
         else:
             lines.append("_No rank sweep could be fitted._")
         lines += [""] + [f"![{f.stem}]({f.name})" for f in self.files if f.suffix == ".png"]
@@ -925,13 +922,6 @@ def _g(v, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
-def _text_table(rows: list[dict]) -> str:
-    cols = list(rows[0])
-    cells = [cols] + [[r[c] for c in cols] for r in rows]
-    widths = [max(len(line[i]) for line in cells) for i in range(len(cols))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells)
-
-
 _CSV_GROUP = ["dataset", "backbone", "placement", "init", "blocks", "activation", "scale", "ranks", "n_seeds",
               "n_runs", "elbow", "elbow_lo", "elbow_hi", "kneedle", "kneedle_lo", "kneedle_hi", "kneedle_data",
               "monotone_p", "monotone_test", "diminishing_p", "decline_p", "predicted_elbow"]
@@ -939,14 +929,12 @@ _CSV_MODEL = ["model", "best", "aicc", "akaike_weight", "r2", "loo_rmse"]
 _PARAMS = ["A", "B", "alpha", "rho", "a", "b"]
 
 
-def _csv(report: CapacityReport) -> str:
-    """One row per group and model; the group's elbow and tests repeat on each of its rows."""
-    import io
+_CSV = _CSV_GROUP + _CSV_MODEL + [f"{p}{s}" for p in _PARAMS for s in ("", "_lo", "_hi")]
 
-    fields = _CSV_GROUP + _CSV_MODEL + [f"{p}{s}" for p in _PARAMS for s in ("", "_lo", "_hi")]
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
+
+def _csv_rows(report: CapacityReport) -> list[dict]:
+    """One row per group and model; the group's elbow and tests repeat on each of its rows."""
+    rows = []
     for g in report.groups:
         d = g.to_dict()
         base = {**{k: d.get(k) for k in _CSV_GROUP}, "ranks": ";".join(map(str, d["ranks"])),
@@ -957,8 +945,8 @@ def _csv(report: CapacityReport) -> str:
                    **{k: m[k] for k in ("aicc", "akaike_weight", "r2", "loo_rmse")}}
             for p, (est, lo, hi) in m["params"].items():
                 row.update({p: est, f"{p}_lo": lo, f"{p}_hi": hi})
-            w.writerow({k: "" if v is None else v for k, v in row.items()})
-    return buf.getvalue()
+            rows.append(row)
+    return rows
 
 
 def _figure(report: CapacityReport, path: Path) -> Path:
@@ -989,7 +977,7 @@ def analyze_runs(runs_dir, out_dir, *, delta: float = DELTA, n_boot: int = 1000,
     groups that cannot be used are listed in `skipped` with the reason. Raises UserError when no
     group can be fitted (naming the first reason).
     """
-    from ..runs import discover, write_json, write_text
+    from ..runs import discover, write_json
 
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     if delta <= 0 or horizon < 1 or n_boot < 10:
@@ -1033,7 +1021,7 @@ def analyze_runs(runs_dir, out_dir, *, delta: float = DELTA, n_boot: int = 1000,
         files += [png, png.with_suffix(".pdf")]
     report = CapacityReport(report.groups, report.skipped, out_dir, options, report.notes, tuple(files))
     write_json(out_dir / "capacity.json", report.to_dict())
-    write_text(out_dir / "capacity.csv", _csv(report))
+    write_csv(out_dir / "capacity.csv", _CSV, _csv_rows(report))
     return report
 
 
@@ -1051,7 +1039,7 @@ def add_arguments(parser) -> None:
 
 
 def run_command(args) -> int:
-    out = args.out or Path(args.runs) / "analysis"
+    out = output_folder(args)
     report = analyze_runs(args.runs, out, delta=args.delta, n_boot=args.bootstrap, seed=args.seed,
                           interval=args.interval, horizon=args.horizon)
     print(report.table())

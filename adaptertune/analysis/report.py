@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import runs
 from ..errors import UserError
+from .tables import markdown_table, output_folder
 
 SECTIONS = ("spectrum", "capacity", "significance")
 
@@ -40,12 +41,10 @@ def overview(rows: list[dict]) -> list[dict]:
 
 
 def _overview_markdown(table: list[dict]) -> str:
-    lines = ["| dataset | backbone | method | seeds | test acc1 (%) | trainable / full |", "|---|---|---|---|---|---|"]
-    for t in table:
-        sd = f" ± {t['sd']:.2f}" if t["sd"] is not None else ""
-        frac = f"{100 * t['trainable_fraction']:.2f}%" if t["trainable_fraction"] is not None else "—"
-        lines.append(f"| {t['dataset']} | {t['backbone']} | {t['method']} | {t['n']} | {t['test_acc1']:.2f}{sd} | {frac} |")
-    return "\n".join(lines)
+    rows = [[t["dataset"], t["backbone"], t["method"], str(t["n"]),
+             f"{t['test_acc1']:.2f}" + (f" ± {t['sd']:.2f}" if t["sd"] is not None else ""),
+             f"{100 * t['trainable_fraction']:.2f}%" if t["trainable_fraction"] is not None else "—"] for t in table]
+    return markdown_table(["dataset", "backbone", "method", "seeds", "test acc1 (%)", "trainable / full"], rows)
 
 
 def build(runs_dir: Path, out_dir: Path, *, claims: Path | None = None, title: str = "adaptertune report",
@@ -90,6 +89,6 @@ def add_arguments(parser) -> None:
 
 
 def run_command(args) -> int:
-    path, _ = build(args.runs, args.out or args.runs / "analysis", claims=args.claims)
+    path, _ = build(args.runs, output_folder(args), claims=args.claims)
     print(f"report: {path}")
     return 0

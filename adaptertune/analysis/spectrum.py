@@ -29,9 +29,7 @@ per-block) and writes spectrum.json / spectrum.csv / spectrum.png beside a table
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
 import math
 import re
 from dataclasses import dataclass, field
@@ -41,6 +39,7 @@ import numpy as np
 import scipy.linalg
 
 from ..errors import UserError
+from .tables import markdown_table, output_folder, text_table, write_csv
 
 LEVELS = (0.9, 0.95, 0.99)  # energy shares reported as rank90 / rank95 / rank99
 _REFINE = 1e-5  # eigenvalues of the Gram below this share of the top one are recomputed (see _singular_values)
@@ -567,7 +566,7 @@ def analyze_runs(runs_dir, out_dir, *, alpha: float = 0.01, center: bool = True,
     Runs that are incomplete, unreadable, without features or with unusable features are skipped
     with the reason. Raises UserError if no run can be analysed (naming the first reason).
     """
-    from ..runs import discover, write_json, write_text
+    from ..runs import discover, write_json
 
     if not 0 < alpha < 1:
         raise UserError(f"--alpha must be in (0, 1), got {alpha}")
@@ -595,7 +594,7 @@ def analyze_runs(runs_dir, out_dir, *, alpha: float = 0.01, center: bool = True,
     report = SpectrumReport(report.runs, report.skipped, out_dir, options, notes,
                             (out_dir / "spectrum.json", out_dir / "spectrum.csv", *figures))
     write_json(out_dir / "spectrum.json", report.to_dict())
-    write_text(out_dir / "spectrum.csv", _csv(report))
+    write_csv(out_dir / "spectrum.csv", _CSV, _csv_rows(report))
     return report
 
 
@@ -635,17 +634,13 @@ def _figures(report: SpectrumReport, out_dir: Path) -> list[Path]:
     return [f for png in files for f in (png, png.with_suffix(".pdf"))]
 
 
-def _csv(report: SpectrumReport) -> str:
+def _csv_rows(report: SpectrumReport) -> list[dict]:
+    """One row per run (final features), then one per run and block."""
     rows = [{**r.summary(), "block": ""} for r in report.runs]
     rows += [{**{k: r.row.get(k) for k in ("run", "dataset", "backbone", "method", "rank", "seed")},
               **{k: v for k, v in s.to_dict().items() if k != "singular_values"}, "block": i, "utilization": None}
              for r in report.runs for i, s in r.blocks]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=_CSV, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in _CSV})
-    return buf.getvalue()
+    return rows
 
 
 _FOOTNOTE = ("* the remaining spectrum does not look like white noise (Marchenko–Pastur fit fails: the noise level "
@@ -656,22 +651,18 @@ def _starred(rows) -> list[dict]:
     return [{**row, "significant": f"{row['significant']}*"} if row.get("noise_white") is False else row for row in rows]
 
 
-def _cell(fmt: str, value) -> str:
-    return "–" if value is None else fmt.format(value)
+def _cells(columns, rows) -> tuple[list[str], list[list[str]], str]:
+    """(head, rows of strings, alignment) for `columns` (title, key, format) of dict rows; None is "–"."""
+    body = [["–" if row.get(key) is None else fmt.format(row.get(key)) for _, key, fmt in columns] for row in rows]
+    return [title for title, _, _ in columns], body, "l" + "r" * (len(columns) - 1)
 
 
 def _text_table(columns, rows) -> str:
-    cells = [[title for title, _, _ in columns]] + [[_cell(fmt, row.get(key)) for _, key, fmt in columns] for row in rows]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
-    return "\n".join("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-                     for line in cells)
+    return text_table(*_cells(columns, rows))
 
 
 def _markdown_table(columns, rows) -> str:
-    head = "| " + " | ".join(t for t, _, _ in columns) + " |"
-    rule = "|" + "|".join(":---" if i == 0 else "---:" for i in range(len(columns))) + "|"
-    body = ["| " + " | ".join(_cell(fmt, row.get(key)) for _, key, fmt in columns) + " |" for row in rows]
-    return "\n".join([head, rule, *body])
+    return markdown_table(*_cells(columns, rows))
 
 
 # -- the command: adaptertune analyze spectrum RUNS ---------------------------------------------------------
@@ -687,7 +678,7 @@ def add_arguments(parser) -> None:
 
 
 def run_command(args) -> int:
-    out = args.out or Path(args.runs) / "analysis"
+    out = output_folder(args)
     report = analyze_runs(args.runs, out, alpha=args.alpha, center=args.center, energy_target=args.energy_target)
     print(report.table())
     for note in report.notes:
