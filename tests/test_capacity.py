@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from scipy import optimize
 
-from adaptertune.analysis import capacity as cap
+from adaptertune.analysis import capacity_fit as cap
+from adaptertune.analysis.capacity import analyze_runs
 from adaptertune.analysis.theory import power_law_elbow
 from adaptertune.cli import main
 from adaptertune.errors import UserError
@@ -241,9 +242,9 @@ def test_command_fits_groups_writes_files_and_names_what_it_skipped(make_run, tm
     assert len(rows) == 3 and sum(r["best"] == "True" for r in rows) == 1 and rows[0]["elbow"]
     assert (folder / "capacity.png").stat().st_size > 0 and (folder / "capacity.pdf").exists()
 
-    result = cap.analyze_runs(runs, tmp_path / "again", n_boot=50, plot=False)
+    result = analyze_runs(runs, tmp_path / "again", n_boot=50, plot=False)
     assert result.to_dict()["groups"][0]["best_model"] in cap.FAMILIES
-    md = cap.analyze_runs(runs, tmp_path / "md", n_boot=50).markdown()
+    md = analyze_runs(runs, tmp_path / "md", n_boot=50).markdown()
     assert md.startswith("## Capacity") and "![capacity](capacity.png)" in md and "| group |" in md
 
 
