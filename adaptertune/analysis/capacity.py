@@ -12,7 +12,7 @@ with the reason.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -320,7 +320,7 @@ def analyze_runs(runs_dir, out_dir, *, delta: float = DELTA, n_boot: int = 1000,
     if plot:
         png = _figure(report, out_dir / "capacity.png")
         files += [png, png.with_suffix(".pdf")]
-    report = CapacityReport(report.groups, report.skipped, out_dir, options, report.notes, tuple(files))
+    report = replace(report, files=tuple(files))
     write_json(out_dir / "capacity.json", report.to_dict())
     write_csv(out_dir / "capacity.csv", _CSV, _csv_rows(report))
     return report

@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -591,8 +591,7 @@ def analyze_runs(runs_dir, out_dir, *, alpha: float = 0.01, center: bool = True,
     options = {"alpha": alpha, "center": center, "energy_target": energy_target}
     report = SpectrumReport(tuple(results), tuple(skipped), out_dir, options, notes)
     figures = _figures(report, out_dir) if plot else []
-    report = SpectrumReport(report.runs, report.skipped, out_dir, options, notes,
-                            (out_dir / "spectrum.json", out_dir / "spectrum.csv", *figures))
+    report = replace(report, files=(out_dir / "spectrum.json", out_dir / "spectrum.csv", *figures))
     write_json(out_dir / "spectrum.json", report.to_dict())
     write_csv(out_dir / "spectrum.csv", _CSV, _csv_rows(report))
     return report
