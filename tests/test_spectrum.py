@@ -289,3 +289,16 @@ def test_command_with_nothing_to_analyse_is_a_user_error(make_run, tmp_path, cap
     assert main(["analyze", "spectrum", str(tmp_path / "runs")]) == 2
     err = capsys.readouterr().err
     assert "no run with features" in err and err.count("\n") == 1
+
+
+def test_rounding_of_float32_features_is_not_counted_as_directions():
+    """A rank-2 shift added to float32 features: the difference's rounding errors scale with the
+    features (not white); without the inputs' resolution they passed as 4 extra directions here, and as
+    20 on the float32 features of a rank-1 adapter on vit_nano."""
+    rng = np.random.default_rng(0)
+    frozen = (3 * rng.standard_normal((1000, 48))).astype(np.float32)
+    shift = rng.standard_normal((1000, 2)) @ rng.standard_normal((2, 48))
+    adapted = (frozen + shift).astype(np.float32)
+    assert spectrum(frozen, adapted).significant == 2
+    assert spectrum(frozen.astype(np.float64), frozen + shift).significant == 2
+    assert spectrum(frozen, frozen.copy()).significant == 0

@@ -215,8 +215,8 @@ def spectrum(frozen, adapted=None, *, center: bool = True, alpha: float = 0.01,
         raise UserError(f"energy_target must be in (0, 1], got {energy_target}")
     first, second = _shift_matrix(frozen, adapted)
     n, d = first.shape
-    s = _singular_values(first, second, center)
-    floor = noise_floor(s, n - 1 if center else n, d, alpha=alpha)
+    s, resolution = _singular_values(first, second, center)
+    floor = noise_floor(s, n - 1 if center else n, d, alpha=alpha, resolution=resolution)
     return Spectrum(singular_values=_readonly(s), n=n, d=d, centered=center,
                     significant=floor.significant,
                     recommended_rank=_recommended(floor.signal, energy_target),
@@ -271,8 +271,14 @@ def _chunks(first: np.ndarray, second: np.ndarray | None, axis: int):
             yield idx, np.subtract(second[idx], first[idx], dtype=np.float64)
 
 
-def _singular_values(first: np.ndarray, second: np.ndarray | None, center: bool) -> np.ndarray:
-    """Singular values of Δ (centered over rows if asked), descending, shape (min(n, d),).
+def _singular_values(first: np.ndarray, second: np.ndarray | None, center: bool) -> tuple[np.ndarray, float]:
+    """Singular values of Δ (centered over rows if asked), descending, shape (min(n, d),), and the
+    input's resolution: no direction below it can be told from the rounding of the inputs.
+
+    Resolution: each input entry x carries a rounding error of at most ε|x|/2 (ε of its dtype; 0
+    for integers), so the error matrix E of Δ = adapted − frozen has ‖E‖₂ ≤ ‖E‖_F ≤
+    ε·‖[frozen, adapted]‖_F / √2 (centering cannot increase it). Float32 features of a rank-1 shift
+    otherwise show ~20 "directions" of pure rounding: their errors scale with the features, not white.
 
     Route: the float64 Gram matrix of the smaller side, G = ΔᵀΔ (or ΔΔᵀ), accumulated block by
     block, and its eigenvalues. Squaring loses relative accuracy for directions far below the top
@@ -283,14 +289,19 @@ def _singular_values(first: np.ndarray, second: np.ndarray | None, center: bool)
     """
     n, d = first.shape
     axis = 0 if n >= d else 1  # blocks along the long side; the Gram is m × m, m = min(n, d)
-    total, top = np.zeros(d), 0.0
-    for idx, block in _chunks(first, second, axis):  # pass 1: column sums (for the mean) and magnitude
+    inputs = [first] if second is None else [first, second]
+    eps = max((np.finfo(x.dtype).eps if np.issubdtype(x.dtype, np.floating) else 0.0) for x in inputs)
+    total, top, squares = np.zeros(d), 0.0, 0.0
+    for idx, block in _chunks(first, second, axis):  # pass 1: column sums (for the mean), magnitude, norms
         total[idx[1]] += block.sum(axis=0)
         top = max(top, float(block.max()), -float(block.min()))
+        if eps > _EPS:  # rounding of the inputs is above float64's: their norm sets the resolution
+            squares += sum(float(np.square(x[idx], dtype=np.float64).sum()) for x in inputs)
     if not (np.isfinite(total).all() and math.isfinite(top)):
         _raise_nonfinite({"shift": first} if second is None else {"frozen": first, "adapted": second})
+    resolution = eps * math.sqrt(squares / 2) if math.isfinite(squares) else math.inf
     if top == 0:
-        return np.zeros(min(n, d))
+        return np.zeros(min(n, d)), resolution
     mean = total / n if center else np.zeros(d)
     scale = 1.0 if 2.0 ** -400 < top < 2.0 ** 400 else 2.0 ** math.floor(math.log2(top))  # squares stay finite
 
@@ -315,7 +326,7 @@ def _singular_values(first: np.ndarray, second: np.ndarray | None, center: bool)
             projected[idx] = rows @ vecs
         s[m - weak:] = scipy.linalg.svdvals(projected)
         s = np.sort(s)[::-1]
-    return s * scale
+    return s * scale, resolution
 
 
 def _raise_nonfinite(named: dict) -> None:
@@ -329,7 +340,8 @@ def _raise_nonfinite(named: dict) -> None:
 
 # -- the noise floor ----------------------------------------------------------------------------------
 
-def noise_floor(singular_values, rows: int, cols: int, *, alpha: float = 0.01) -> NoiseFloor:
+def noise_floor(singular_values, rows: int, cols: int, *, alpha: float = 0.01,
+                resolution: float = 0.0) -> NoiseFloor:
     """Count the directions of a rows × cols shift that stand above white noise (module docstring).
 
     singular_values: (m,) descending, m >= min(rows, cols) (extra trailing zeros are ignored).
@@ -338,7 +350,7 @@ def noise_floor(singular_values, rows: int, cols: int, *, alpha: float = 0.01) -
     k+1 is significant if s²_{k+1} > σ²_k·(μ + s_α·σ_TW), μ and σ_TW those of the largest
     eigenvalue of EᵀE for a max(rows, cols) × (min(rows, cols) − k) standard white E; stop at the
     first failure. Directions at the float64 round-off level of the
-    largest never count. `bulk_ks` compares the eigenvalues left untested with the
+    largest, or at or below `resolution` (the inputs' rounding, in the singular values' units), never count. `bulk_ks` compares the eigenvalues left untested with the
     Marchenko–Pastur law (σ², max × (min − k)) the test assumed.
     """
     s = np.asarray(singular_values, dtype=np.float64)
@@ -349,7 +361,7 @@ def noise_floor(singular_values, rows: int, cols: int, *, alpha: float = 0.01) -
     lam = np.zeros(small)
     lam[: min(small, len(s))] = (s[:small] / unit) ** 2
     quantile = tw1_quantile(1 - alpha)
-    numerical = int((np.sqrt(lam) > np.sqrt(lam[0]) * big * _EPS * 4).sum())
+    numerical = int((np.sqrt(lam) > max(np.sqrt(lam[0]) * big * _EPS * 4, resolution / unit)).sum())
     k = 0
     while True:
         sigma2, signal = _noise_variance(lam, k, big, small)
