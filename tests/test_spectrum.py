@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from adaptertune.analysis.spectrum import noise_floor, spectrum, tw1_quantile
+from adaptertune.analysis.spectrum import noise_floor, shared_directions, spectrum, tw1_quantile
 from adaptertune.cli import main
 from adaptertune.errors import UserError
 
@@ -205,6 +205,45 @@ def test_to_dict_is_json_safe_with_the_contract_keys():
     assert d["significant"] == 2 and len(d["singular_values"]) == 20
 
 
+# -- directions shared across seeds ---------------------------------------------------------------------
+
+def seed_shifts(rng, seeds=3, n=1000, d=48, shared=(3.0, 2.0, 1.5), own=12, own_scale=1.0):
+    """Shifts of `seeds` runs: a part all seeds share (one direction per entry of `shared`, that
+    standard deviation per sample) plus each seed's own rank-`own` part (sd `own_scale` per direction)."""
+    v = np.linalg.qr(rng.standard_normal((d, d)))[0]
+    common = (rng.standard_normal((n, len(shared))) * shared) @ v[:, :len(shared)].T
+    return np.stack([common + own_scale * rng.standard_normal((n, own)) @ np.linalg.qr(
+        rng.standard_normal((d, own)))[0].T for _ in range(seeds)])
+
+
+def test_shared_directions_count_what_the_seeds_agree_on_not_what_each_run_uses():
+    shifts = seed_shifts(np.random.default_rng(0))
+    assert shared_directions(shifts).count == 3
+    assert spectrum(shifts[0]).significant == 15  # the white-noise floor counts every direction a run uses
+
+
+def test_shared_directions_need_the_shared_part_to_outweigh_the_seed_part():
+    rng = np.random.default_rng(1)
+    # ICC along each direction = s² / (s² + own²) with own = 1 per direction: 0.9, 0.69, 0.2
+    result = shared_directions(seed_shifts(rng, shared=(3.0, 1.5, 0.5), own=0, own_scale=0) +
+                               np.stack([rng.standard_normal((1000, 48)) for _ in range(3)]))
+    assert result.count == 2
+    assert result.icc[:2] == pytest.approx([0.9, 0.69], abs=0.06)
+
+
+def test_shared_directions_of_independent_runs_are_rarely_any():
+    rng = np.random.default_rng(2)
+    false = sum(shared_directions(seed_shifts(rng, n=400, shared=(), own=8)).count > 0 for _ in range(100))
+    assert false <= 3
+
+
+def test_shared_directions_reject_bad_input():
+    with pytest.raises(UserError):
+        shared_directions(np.zeros((1, 100, 4)))
+    with pytest.raises(UserError):
+        shared_directions(np.full((2, 100, 4), np.nan))
+
+
 # -- the command -----------------------------------------------------------------------------------------
 
 N, D = 256, 48
@@ -268,6 +307,10 @@ def test_command_prints_table_writes_files_and_names_skipped_runs(sweep, capsys)
         "planted-vit_nano-adapter-r8-s0", "planted-vit_nano-adapter-r16-s0", "planted-vit_nano-adapter-r32-s0"}
     by_rank = {(b["method"], b["rank"]): b for b in report["by_rank"]}
     assert by_rank[("adapter", 4)]["runs"] == 2 and by_rank[("adapter", 4)]["significant"] == 3
+    # the two seeds of each rank planted unrelated directions: nothing is shared
+    shared = {g["group"]: g for g in report["shared"]}
+    assert set(shared) == {"planted-vit_nano-adapter-r2", "planted-vit_nano-adapter-r4"}
+    assert all(g["shared"] == 0 and g["shared_seeds"] == 2 for g in shared.values())
 
     lines = (folder / "spectrum.csv").read_text().splitlines()
     assert lines[0].startswith("run,") and len(lines) == 1 + 5 + 2  # header, runs, blocks

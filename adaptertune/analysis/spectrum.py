@@ -338,6 +338,70 @@ def _raise_nonfinite(named: dict) -> None:
     raise UserError("spectrum: the shift overflows float64; features must be finite and below ~1e300")
 
 
+# -- directions the seeds share ---------------------------------------------------------------------
+
+@dataclass(frozen=True, eq=False)
+class Shared:
+    """Directions of a shift that runs differing only in their seed reproduce (see `shared_directions`).
+
+    count: directions whose intraclass correlation across seeds is significantly above `icc`
+    icc: (m,) the estimated intraclass correlation along each tested direction (strongest first)
+    p: (m,) one-sided p-values of H0: ICC <= `icc` (F-test, McGraw & Wong 1996)
+    seeds, rows: replicates and the held-out samples the test used
+    """
+
+    count: int
+    icc: np.ndarray
+    p: np.ndarray
+    threshold: float
+    alpha: float
+    seeds: int
+    rows: int
+
+    def to_dict(self) -> dict:
+        return {"shared": self.count, "shared_icc": self.threshold, "shared_alpha": self.alpha,
+                "shared_seeds": self.seeds, "shared_rows": self.rows, "icc": [float(v) for v in self.icc],
+                "icc_top": " ".join(f"{v:.2f}" for v in self.icc[:self.count + 3])}
+
+
+def shared_directions(shifts, *, icc: float = 0.5, alpha: float = 0.01) -> Shared:
+    """How many directions of the shift the seeds share, beyond run-to-run variation.
+
+    shifts: (S, n, d), S >= 2 shifts of one configuration trained with different seeds, on the same
+    n samples (rows i.i.d. draws). A learned shift is a deterministic function of the input, so the
+    white-noise floor of `spectrum` counts every direction an adapter uses (a rank-32 adapter: 32);
+    what varies is the training run. Along a direction v, each sample i has S replicates Δ_s[i]·v;
+    their intraclass correlation (one-way random effects, samples as subjects) is the share of the
+    variance the seeds agree on. A direction counts when that share is significantly above `icc`
+    (default 0.5: the shared part outweighs the seed-specific part), one-sided at alpha / m for the
+    m directions tested (Bonferroni). To keep the choice of directions from biasing the test, they
+    are the principal directions of the seed-mean shift on the even rows, tested on the odd rows.
+    Each shift is centered over samples first.
+    """
+    x = np.asarray(shifts, dtype=np.float64)
+    if x.ndim != 3 or x.shape[0] < 2 or x.shape[1] < 8 or not np.isfinite(x).all():
+        raise UserError(f"shared directions need >= 2 finite (n, d) shifts with n >= 8, got shape {x.shape}")
+    if not (0 <= icc < 1 and 0 < alpha < 1):
+        raise UserError(f"icc must be in [0, 1) and alpha in (0, 1), got {icc}, {alpha}")
+    from scipy import stats
+
+    x = x - x.mean(axis=1, keepdims=True)
+    seeds, fit, test = x.shape[0], x[:, 0::2], x[:, 1::2]
+    _, s, vt = np.linalg.svd(fit.mean(axis=0), full_matrices=False)
+    keep = s > (s[0] if s.size else 0) * max(fit.shape[1:]) * _EPS * 16
+    y = np.einsum("snd,md->snm", test, vt[keep])                  # (S, rows, m)
+    rows = y.shape[1]
+    mean = y.mean(axis=0)
+    ms_between = seeds * ((mean - mean.mean(axis=0)) ** 2).sum(axis=0) / (rows - 1)
+    ms_within = ((y - mean) ** 2).sum(axis=(0, 1)) / (rows * (seeds - 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f = np.where(ms_within > 0, ms_between / ms_within, np.inf)
+        est = np.where(np.isfinite(f), (f - 1) / (f + seeds - 1), 1.0)
+    p = stats.f.sf(f * (1 - icc) / (1 + (seeds - 1) * icc), rows - 1, rows * (seeds - 1))
+    count = int((p < alpha / max(len(p), 1)).sum())
+    return Shared(count, est, p, icc, alpha, seeds, rows)
+
+
 # -- the noise floor ----------------------------------------------------------------------------------
 
 def noise_floor(singular_values, rows: int, cols: int, *, alpha: float = 0.01,
@@ -463,6 +527,10 @@ _RANK_TABLE = (("method", "method", "{}"), ("rank", "rank", "{}"), ("runs", "run
                ("eff.rank", "effective_rank", "{:.2f}"), ("± sd", "effective_rank_sd", "{:.2f}"),
                ("signif.", "significant", "{:.1f}"), ("rec.rank", "recommended_rank", "{:.1f}"),
                ("util.", "utilization", "{:.2f}"))
+_SHARED_TABLE = (("group", "group", "{}"), ("seeds", "shared_seeds", "{}"), ("shared", "shared", "{}"),
+                 ("top ICCs", "icc_top", "{}"))
+_SHARED_TEXT = ("directions whose intraclass correlation across seeds is significantly above 0.5: the seeds agree on "
+                "more of the shift along them than they disagree; chosen on half the samples, tested on the other half")
 _CSV = ("run", "dataset", "backbone", "method", "rank", "seed", "block", "n", "d", "effective_rank",
         "participation_ratio", "stable_rank", "rank90", "rank95", "rank99", "significant",
         "recommended_rank", "utilization", "noise_sigma", "signal_fraction")
@@ -503,6 +571,7 @@ class SpectrumReport:
     options: dict = field(default_factory=dict)
     notes: tuple[str, ...] = ()
     files: tuple[Path, ...] = ()
+    shared: tuple[dict, ...] = ()                # per group of seeds: {"group", "method", "rank", **Shared.to_dict()}
 
     def by_rank(self) -> list[dict]:
         """Per (method, adapter rank), across seeds: mean effective rank (and sd), significant, utilization."""
@@ -527,7 +596,7 @@ class SpectrumReport:
 
     def to_dict(self) -> dict:
         return {"analysis": "spectrum", "options": self.options,
-                "runs": [r.to_dict() for r in self.runs], "by_rank": self.by_rank(),
+                "runs": [r.to_dict() for r in self.runs], "by_rank": self.by_rank(), "shared": list(self.shared),
                 "skipped": [{"run": run, "reason": why} for run, why in self.skipped],
                 "notes": list(self.notes), "files": [f.name for f in self.files]}
 
@@ -542,6 +611,8 @@ class SpectrumReport:
             parts.append("per block\n" + _text_table(_BLOCK_TABLE, _starred(self.block_rows())))
         if self.by_rank():
             parts.append("per adapter rank (mean over seeds)\n" + _text_table(_RANK_TABLE, self.by_rank()))
+        if self.shared:
+            parts.append(f"directions shared across seeds ({_SHARED_TEXT})\n" + _text_table(_SHARED_TABLE, self.shared))
         if self.flagged():
             parts.append(_FOOTNOTE)
         return "\n\n".join(parts)
@@ -559,6 +630,9 @@ class SpectrumReport:
                  _markdown_table(_TABLE, _starred(r.summary() for r in self.runs)), ""]
         if self.by_rank():
             lines += ["Per adapter rank, mean over seeds:", "", _markdown_table(_RANK_TABLE, self.by_rank()), ""]
+        if self.shared:
+            lines += [f"Directions shared across seeds ({_SHARED_TEXT}):", "",
+                      _markdown_table(_SHARED_TABLE, self.shared), ""]
         if self.block_rows():
             lines += ["Per block:", "", _markdown_table(_BLOCK_TABLE, _starred(self.block_rows())), ""]
         if self.flagged():
@@ -601,12 +675,34 @@ def analyze_runs(runs_dir, out_dir, *, alpha: float = 0.01, center: bool = True,
     notes = tuple(f"{ds}/{bb}: runs evaluated on {len(v)} different sample subsets; their spectra are not comparable"
                   for (ds, bb), v in subsets.items() if len(v) > 1)
     options = {"alpha": alpha, "center": center, "energy_target": energy_target}
-    report = SpectrumReport(tuple(results), tuple(skipped), out_dir, options, notes)
+    shared = _shared_by_group(found.runs, results, alpha=alpha)
+    report = SpectrumReport(tuple(results), tuple(skipped), out_dir, options, notes, shared=shared)
     figures = _figures(report, out_dir) if plot else []
     report = replace(report, files=(out_dir / "spectrum.json", out_dir / "spectrum.csv", *figures))
     write_json(out_dir / "spectrum.json", report.to_dict())
     write_csv(out_dir / "spectrum.csv", _CSV, _csv_rows(report))
     return report
+
+
+def _shared_by_group(runs, results, *, alpha: float) -> tuple[dict, ...]:
+    """`shared_directions` of the final shift for every group of >= 2 analysed runs that differ only
+    in their seed (run ids equal up to the "-s{seed}" suffix) and were evaluated on the same samples."""
+    by_id = {run.id: run for run in runs}
+    groups: dict[str, list[RunSpectrum]] = {}
+    for r in results:
+        groups.setdefault(re.sub(r"-s\d+$", "", r.row["run"]), []).append(r)
+    out = []
+    for name, members in groups.items():
+        if len(members) < 2 or not members[0].spectrum.singular_values.any():
+            continue
+        arrays = [by_id[m.row["run"]].features() for m in members]
+        if len({np.asarray(a.get("indices", [])).tobytes() for a in arrays}) > 1:
+            continue
+        shifts = np.stack([np.subtract(a["adapted"], a["frozen"], dtype=np.float64) for a in arrays])
+        result = shared_directions(shifts, alpha=alpha)
+        out.append({"group": name, "method": members[0].row.get("method"), "rank": members[0].row.get("rank"),
+                    **result.to_dict()})
+    return tuple(out)
 
 
 def _run_spectrum(run, subsets: dict, **kw) -> RunSpectrum:
