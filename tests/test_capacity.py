@@ -55,6 +55,22 @@ def test_aicc_picks_the_family_that_generated_the_data(rng):
     assert fit.best.params()["rho"][0] == pytest.approx(6.0, rel=0.1)
 
 
+def test_a_rise_that_stops_at_a_finite_rank_is_fitted_by_the_flat_family(rng):
+    """kappa equal directions: accuracy rises linearly in r up to kappa, then stays (a planted rank-kappa shift)."""
+    ranks = (1, 2, 4, 8, 16, 32)
+    r, s, y = sweep(lambda r: 99.0 - 20.0 * np.maximum(0, 1 - r / 6.0), rng, ranks=ranks, sigma=0.3)
+    fit = cap.fit_sweep(r, s, y, n_boot=200)
+    assert fit.best.name == "flat" and fit.best.weight > 0.9
+    kappa, lo, hi = fit.best.params()["kappa"]
+    assert kappa == pytest.approx(6.0, rel=0.05) and lo <= 6.0 <= hi
+    # the doubling elbow of the flat family: the gain B(1 - r/kappa) of doubling r in [kappa/2, kappa) is delta
+    truth = 6.0 * (1 - 0.5 / 20.0)
+    assert fit.elbow_ci[0] <= truth <= fit.elbow_ci[1] and abs(fit.elbow - truth) < 0.5
+    # and a smooth saturation is not mistaken for one
+    r, s, y = sweep(power(90.0, 20.0, 0.7), rng, ranks=ranks + (64, 128), sigma=0.1)
+    assert cap.fit_sweep(r, s, y, n_boot=50).best.name != "flat"
+
+
 def test_spectral_model_recovers_approximation_and_estimation_terms(rng):
     tail = powerlaw_tail(1.6)
     T = lambda r: cap.normalized_tail(tail, r)  # noqa: E731
@@ -107,6 +123,13 @@ def test_doubling_elbow_of_exponential_saturation_matches_root_finding():
     B, rho = 15.0, 6.0
     root = optimize.brentq(lambda r: B * (np.exp(-r / rho) - np.exp(-2 * r / rho)) - 0.5, rho, 100 * rho)
     assert cap.doubling_elbow(fam, np.array([88.0, B, rho]), 0.5, 4.0, 512.0) == pytest.approx(root, rel=0.01)
+
+
+def test_doubling_elbow_of_the_flat_family_is_the_closed_form():
+    fam = cap.make_family("flat", np.array(DOUBLING, float))
+    B, kappa = 20.0, 12.0
+    assert cap.doubling_elbow(fam, np.array([95.0, B, kappa]), 0.5, 4.0, 512.0) == pytest.approx(
+        kappa * (1 - 0.5 / B), rel=0.01)
 
 
 def test_elbow_estimated_from_a_noisy_sweep_brackets_the_known_elbow(rng):
@@ -233,13 +256,13 @@ def test_command_fits_groups_writes_files_and_names_what_it_skipped(make_run, tm
                                                                                     list(DOUBLING), 3)
     assert all(len(v) == 3 and v[1] <= v[0] <= v[2] for v in g["params"].values())
     assert g["elbow_ci"][0] <= g["elbow"] <= g["elbow_ci"][1]
-    assert {m["model"] for m in g["models"]} == {"power", "exp", "spectral"}      # spectrum from the full runs
+    assert {m["model"] for m in g["models"]} == set(cap.FAMILIES)      # spectral too: spectrum from the full runs
     assert g["predicted_elbow"] is not None and "full fine-tuning, 2 seed(s)" in g["prediction"]["source"]
     reasons = {s.get("group") or s.get("run"): s["reason"] for s in report["skipped"]}
     assert "cifar100/vit_small_patch16_224/attn/zero" in reasons
     with open(folder / "capacity.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 3 and sum(r["best"] == "True" for r in rows) == 1 and rows[0]["elbow"]
+    assert len(rows) == len(cap.FAMILIES) and sum(r["best"] == "True" for r in rows) == 1 and rows[0]["elbow"]
     assert (folder / "capacity.png").stat().st_size > 0 and (folder / "capacity.pdf").exists()
 
     result = analyze_runs(runs, tmp_path / "again", n_boot=50, plot=False)

@@ -192,7 +192,8 @@ class CapacityReport:
         lines = ["## Capacity: accuracy vs adapter rank", "",
                  f"Each sweep (adapter runs grouped by dataset, backbone, placement and init) is fitted by "
                  f"least squares with every seed as a replicate: a saturating power law A − B·r^−α, an "
-                 f"exponential saturation A − B·e^(−r/ρ) and, where a spectrum of the feature shift exists, "
+                 f"exponential saturation A − B·e^(−r/ρ), a finite-rank shift A − B·max(0, 1 − r/κ) (κ equal "
+                 f"directions: the rise stops at κ) and, where a spectrum of the feature shift exists, "
                  f"the spectral model A − a·τ(r)/τ(0) − b·r; the best by AICc is shown (w: Akaike weight). "
                  f"Intervals are 95% residual-bootstrap intervals ({o.get('n_boot')} resamples). The elbow is "
                  f"the smallest rank from which every doubling gains less than δ = {o.get('delta')} points "

@@ -7,12 +7,14 @@ Three families describe a measured sweep, every point (rank, seed, accuracy) a r
 
     power      A - B r^-alpha             saturating power law (power-law spectrum, alpha = gamma - 1)
     exp        A - B exp(-r/rho)          exponential saturation
+    flat       A - B max(0, 1 - r/kappa)  a shift of kappa equal directions (flat spectrum of finite
+                                          rank, tau(r)/tau(0) = 1 - r/kappa): the rise stops at kappa
     spectral   A - a T(r) - b r           T = tau/tau(0) from a measured spectrum: the shape is fixed by
                                           the spectrum; a = approximation weight, b = estimation cost per
                                           rank (the theory's b * L (2d+1) / n)
 
 All are linear in their coefficients (A, B | A, a, b, constrained B, a, b >= 0) given at most one
-nonlinear parameter (alpha, rho), so a fit is a grid over that parameter with constrained least
+nonlinear parameter (alpha, rho, kappa), so a fit is a grid over that parameter with constrained least
 squares at each point, refined by one parabolic step - vectorised over bootstrap replicates.
 
 Intervals (95%) come from a residual bootstrap by default: the deviations of every run from the
@@ -48,7 +50,7 @@ from scipy import stats
 from ..errors import UserError
 from ..runs import _plain as plain   # JSON-safe: arrays to lists, NaN/inf to None
 
-FAMILIES = ("power", "exp", "spectral")
+FAMILIES = ("power", "exp", "flat", "spectral")
 DELTA = 0.5          # points a doubling must gain to be worth it
 HORIZON = 8.0        # the elbow is searched up to HORIZON x the largest measured rank
 LEVEL = 0.95
@@ -88,6 +90,8 @@ class Family:
             return [-(r ** -phi)]
         if self.name == "exp":
             return [-np.exp(-r / phi)]
+        if self.name == "flat":
+            return [-np.maximum(0.0, 1.0 - r / phi)]
         return [-normalized_tail(self.tail, r), -r]
 
     def design(self, r: np.ndarray, phi=None) -> np.ndarray:
@@ -120,6 +124,8 @@ def make_family(name: str, ranks: np.ndarray, tail: np.ndarray | None = None) ->
     if name == "exp":
         lo, hi = ranks.min() / 10, ranks.max() * 10
         return Family("exp", ("A", "B", "rho"), (False, True), np.geomspace(lo, hi, _GRID))
+    if name == "flat":
+        return Family("flat", ("A", "B", "kappa"), (False, True), np.geomspace(ranks.min(), ranks.max() * 10, _GRID))
     if name == "spectral":
         tail = check_tail(tail)
         return Family("spectral", ("A", "a", "b"), (False, True, True), tail=tail)

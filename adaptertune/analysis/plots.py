@@ -120,7 +120,7 @@ def capacity_figure(panels: list[dict], path: Path) -> Path:
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
-    styles = {"power": "C0", "exp": "C2", "spectral": "C5"}
+    styles = {"power": "C0", "exp": "C2", "flat": "C3", "spectral": "C5"}
     for ax, p in zip(axes.flat, panels):
         seeds = np.asarray(p["seeds"])
         for i, s in enumerate(np.unique(seeds)):
