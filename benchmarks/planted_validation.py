@@ -6,7 +6,7 @@ settings) through `sweep.run_sweep`, then runs the analyses the demo runs and pr
 
 - the elbow of the capacity fit (`analysis.capacity.analyze_runs`) with its 95% interval, the
   elbow predicted from the feature shift's spectrum, and the same doubling rule on the measured
-  means (no curve: the fitted families cannot follow a step, which is what a planted rank makes);
+  means (no fitted curve);
 - the spectrum of the highest-rank adapter runs' feature shift (`analysis.spectrum.analyze_runs`):
   the directions the seeds share (significantly; `spectrum.shared_directions`), and the directions
   holding 95% of its energy (median over seeds);
