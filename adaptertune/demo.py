@@ -71,7 +71,10 @@ def headline(results: dict, planted_rank: int) -> list[str]:
         lo, hi = g.get("elbow_ci") or (None, None)
         ci = f" (95% CI {lo:.1f}-{'beyond the search' if hi is None else f'{hi:.1f}'})" if lo is not None else ""
         elbow = f"r = {g['elbow']:.1f}{ci}" if g.get("elbow") is not None else "none within the swept ranks"
-        lines.append(f"elbow found: {elbow}, best model {g.get('best_model')}; planted k* = {planted_rank}")
+        means = g.get("elbow_means")
+        means = f"r = {means:g}" if means is not None else "none within the swept ranks"
+        lines.append(f"elbow found: {elbow}, best model {g.get('best_model')} (on the means, no curve: {means}); "
+                     f"planted k* = {planted_rank}")
     else:
         lines.append(f"elbow: not fitted ({results.get('capacity', {}).get('error', 'no groups')})")
     spec = results.get("spectrum", {})

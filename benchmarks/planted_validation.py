@@ -15,7 +15,7 @@ settings) through `sweep.run_sweep`, then runs the analyses the demo runs and pr
 - whether the elbow and the shared directions land within one doubling of k* (k*/2 <= x <= 2k*).
 
 Runs are resumable (finished runs are skipped), so a rerun only re-analyses. About 5.5 minutes per
-k* on two idle CPU cores (327-338 s measured). Usage:
+k* on two idle CPU cores (323-349 s measured). Usage:
 
     python benchmarks/planted_validation.py [--out DIR] [--ranks 2,4,8] [--quick]
 """
@@ -32,6 +32,8 @@ import numpy as np
 
 from adaptertune import runs
 from adaptertune.analysis import capacity, significance, spectrum
+from adaptertune.analysis.capacity_fit import p_text
+from adaptertune.analysis.tables import text_table
 from adaptertune.demo import plan_runs
 from adaptertune.sweep import run_sweep
 
@@ -63,11 +65,11 @@ def validate(k: int, out: Path, quick: bool = False, log=print) -> dict:
     perm = significance.compare(x, y, paired=paired, alternative="greater", test="perm", rng=rng, a="adapter", b="head")
     t = significance.compare(x, y, paired=paired, alternative="greater", test="t", rng=rng, a="adapter", b="head")
     means = dict(zip((int(r) for r in fit.levels), (float(m) for m in fit.means)))
-    measured = measured_elbow(means, fit.delta)
+    measured = fit.elbow_means if math.isfinite(fit.elbow_means) else None
     return {
         "k": k, "status": status, "sweep_seconds": seconds,
         "means": means, "best_model": fit.best.name,
-        "elbow": fit.elbow, "elbow_ci": list(fit.elbow_ci),
+        "elbow": fit.elbow, "elbow_ci": list(fit.elbow_ci), "lack_of_fit_p": fit.best.lack_of_fit_p,
         "predicted_elbow": pred.elbow if pred else None,
         "top_rank": top, "shared": shared, "rank95": rank95,
         "chosen_rank": chosen, "adapter_acc": float(x.mean()), "head_acc": float(y.mean()),
@@ -78,16 +80,6 @@ def validate(k: int, out: Path, quick: bool = False, log=print) -> dict:
         "elbow_ok": within_one_doubling(fit.elbow, k), "rank95_ok": within_one_doubling(rank95, k),
         "shared_ok": within_one_doubling(shared, k),
     }
-
-
-def measured_elbow(means: dict[int, float], delta: float) -> float | None:
-    """The smallest measured rank from which every measured doubling gains less than `delta` points
-    (on the means over seeds; no curve fitted), or None when even the last step gains more."""
-    ranks = sorted(means)
-    for i, r in enumerate(ranks):
-        if all(means[b] - means[a] < delta for a, b in zip(ranks[i:], ranks[i + 1:])):
-            return float(r) if i < len(ranks) - 1 else None
-    return None
 
 
 def adapter_vs_head(runs_dir: Path) -> tuple[int, np.ndarray, np.ndarray]:
@@ -112,26 +104,25 @@ def _f(v, fmt=".1f") -> str:
 
 
 def table(rows: list[dict]) -> str:
-    cols = ["k*", "elbow [95% CI]", "model", "predicted", "ok", "measured", "ok", "shared", "rank95", "ok",
+    cols = ["k*", "elbow [95% CI]", "model", "p lof", "predicted", "ok", "measured", "ok", "shared", "rank95", "ok",
             "adapter (r) vs head", "diff", "p perm (min)", "p t", "head below"]
     lines = []
     for r in rows:
         lo, hi = r["elbow_ci"]
         lines.append([
             str(r["k"]), f"{_f(r['elbow'])} [{_f(lo)}, {_f(hi) if hi is not None and math.isfinite(hi) else 'inf'}]",
-            r["best_model"], _f(r["predicted_elbow"]), "yes" if r["elbow_ok"] else "NO",
+            r["best_model"], p_text(r["lack_of_fit_p"]), _f(r["predicted_elbow"]), "yes" if r["elbow_ok"] else "NO",
             _f(r["measured_elbow"], ".0f"), "yes" if r["measured_ok"] else "NO",
             str(r["shared"]), f"{r['rank95']:.0f}",
             ("yes" if r["shared_ok"] else "NO") + "/" + ("yes" if r["rank95_ok"] else "NO"),
             f"{r['adapter_acc']:.2f} (r{r['chosen_rank']}) vs {r['head_acc']:.2f}", f"{r['diff']:+.2f}",
             f"{r['p_perm']:.3f} ({r['p_perm_min']:.3f})", f"{r['p_t']:.2g}",
             "yes" if r["verdict_t"] == "significant" else r["verdict_t"]])
-    widths = [max(len(c), *(len(line[i]) for line in lines)) for i, c in enumerate(cols)]
-    out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
+    out = [text_table(cols, lines)]
     means = ["accuracy by rank (mean of seeds): " + "; ".join(
         f"k*={r['k']}: " + " ".join(f"r{rank} {acc:.1f}" for rank, acc in r["means"].items()) for r in rows)]
-    notes = ["elbow: smallest rank from which every doubling gains < 0.5 points (capacity fit, best by AICc); "
+    notes = ["elbow: smallest rank from which every doubling gains < 0.5 points (capacity fit, best by AICc; "
+             "p lof: its lack-of-fit test against the rank means); "
              "predicted: from the spectrum of the shift; measured: the same rule on the measured means (no fit); "
              "ok: within one doubling of k* (k*/2 <= x <= 2k*)",
              "shared: directions of the highest-rank adapters' shift the seeds share (ICC significantly > 0.5); "

@@ -168,6 +168,28 @@ def test_flat_sweep_has_its_elbow_at_the_first_rank_and_says_so(rng):
     assert any("no significant increase" in n for n in fit.notes)
 
 
+def test_lack_of_fit_rejects_a_wrong_curve_and_holds_its_level_for_the_right_one(rng):
+    ranks = (1, 2, 4, 8, 16, 32, 64)
+    r, s, y = sweep(power(90.0, 20.0, 0.7), rng, ranks=ranks, sigma=0.3)
+    fit = cap.fit_sweep(r, s, y, families=("flat",), n_boot=50)           # a smooth rise forced into a step
+    assert fit.best.lack_of_fit_p < 1e-3 and any("lack-of-fit" in n for n in fit.notes)
+    assert cap.fit_sweep(r, s, y, families=("power",), n_boot=50).best.lack_of_fit_p > 0.01
+    # under the right family the test rejects about 5% of sweeps at the 5% level
+    fam = cap.make_family("power", r)
+    Y = power(90.0, 20.0, 0.7)(r) + rng.normal(0, 0.3, (400, r.size))
+    theta, rss = cap.fit_many(fam, r, Y)
+    p = np.array([cap.lack_of_fit_p(v, r, yy, fam.n_params) for v, yy in zip(rss, Y)])
+    assert 0.02 < np.mean(p < 0.05) < 0.09
+    assert cap.lack_of_fit_p(1.0, r, np.repeat(y[:1], r.size), 3) is None        # no scatter: no test
+
+
+def test_elbow_on_the_means_is_the_doubling_rule_without_a_curve():
+    levels = np.array([1.0, 2, 4, 8, 16])
+    assert cap.means_elbow(levels, np.array([80, 86, 99.6, 99.8, 99.7]), 0.5) == 4.0
+    assert cap.means_elbow(levels, np.array([80, 90, 98, 99, 99.6]), 0.5) == np.inf     # the last step gains 0.6
+    assert cap.means_elbow(levels, np.array([80, 80.1, 80, 80.2, 80]), 0.5) == 1.0
+
+
 def test_non_monotone_sweep_is_flagged(rng):
     fit = cap.fit_sweep(*sweep(lambda r: 90 - 20 / r - 0.08 * r, rng, ranks=(4, 8, 16, 32, 64, 128)), n_boot=100)
     assert fit.trends.decline_p < 0.01

@@ -170,8 +170,8 @@ class CapacityReport:
                 "group": g.label, "ranks": ",".join(f"{r:g}" for r in f.levels), "seeds": str(f.n_seeds),
                 "best": f"{f.best.name} (w={f.best.weight:.2f})",
                 "params": ", ".join(f"{k} {_g(v[0])} [{_g(v[1])}, {_g(v[2])}]" for k, v in d["params"].items()),
-                "elbow": f"{_g(f.elbow)} [{_g(lo)}, {_g(hi)}]", "kneedle": _g(f.kneedle),
-                "R2": _g(f.best.r2, 3), "LOO": _g(f.best.loo_rmse, 2),
+                "elbow": f"{_g(f.elbow)} [{_g(lo)}, {_g(hi)}]", "elbow means": _g(f.elbow_means), "kneedle": _g(f.kneedle),
+                "R2": _g(f.best.r2, 3), "LOO": _g(f.best.loo_rmse, 2), "p_lof": p_text(f.best.lack_of_fit_p),
                 "p_mono": p_text(f.trends.monotone_p), "p_dimin": p_text(f.trends.diminishing_p),
                 "predicted": _g(g.prediction.elbow) if g.prediction else "-",
             })
@@ -197,7 +197,9 @@ class CapacityReport:
                  f"the spectral model A − a·τ(r)/τ(0) − b·r; the best by AICc is shown (w: Akaike weight). "
                  f"Intervals are 95% residual-bootstrap intervals ({o.get('n_boot')} resamples). The elbow is "
                  f"the smallest rank from which every doubling gains less than δ = {o.get('delta')} points "
-                 f"(searched up to {o.get('horizon'):g}× the largest rank); Kneedle is on log2(rank). "
+                 f"(searched up to {o.get('horizon'):g}× the largest rank); elbow means: the same rule on the "
+                 f"measured means, no curve; Kneedle is on log2(rank); p lof: lack-of-fit F-test of the curve "
+                 f"against the rank means (seeds' scatter as pure error). "
                  f"p mono: Page's trend test (seeds as blocks); p dimin: one-sided test of a negative "
                  f"quadratic term in log2(rank); predicted: the elbow of the curve predicted from the "
                  f"spectrum (scaled to the end ranks only).", ""]
@@ -225,10 +227,10 @@ def _g(v, digits: int = 3) -> str:
 
 
 _CSV_GROUP = ["dataset", "backbone", "placement", "init", "blocks", "activation", "scale", "ranks", "n_seeds",
-              "n_runs", "elbow", "elbow_lo", "elbow_hi", "kneedle", "kneedle_lo", "kneedle_hi", "kneedle_data",
+              "n_runs", "elbow", "elbow_lo", "elbow_hi", "kneedle", "kneedle_lo", "kneedle_hi", "kneedle_data", "elbow_means",
               "monotone_p", "monotone_test", "diminishing_p", "decline_p", "predicted_elbow"]
-_CSV_MODEL = ["model", "best", "aicc", "akaike_weight", "r2", "loo_rmse"]
-_PARAMS = ["A", "B", "alpha", "rho", "a", "b"]
+_CSV_MODEL = ["model", "best", "aicc", "akaike_weight", "r2", "loo_rmse", "lack_of_fit_p"]
+_PARAMS = ["A", "B", "alpha", "rho", "kappa", "a", "b"]
 
 
 _CSV = _CSV_GROUP + _CSV_MODEL + [f"{p}{s}" for p in _PARAMS for s in ("", "_lo", "_hi")]
@@ -244,7 +246,7 @@ def _csv_rows(report: CapacityReport) -> list[dict]:
                 "kneedle_lo": d["kneedle_ci"][0], "kneedle_hi": d["kneedle_ci"][1]}
         for m in d["models"]:
             row = {**base, "model": m["model"], "best": m["model"] == d["best_model"],
-                   **{k: m[k] for k in ("aicc", "akaike_weight", "r2", "loo_rmse")}}
+                   **{k: m[k] for k in _CSV_MODEL[2:]}}
             for p, (est, lo, hi) in m["params"].items():
                 row.update({p: est, f"{p}_lo": lo, f"{p}_hi": hi})
             rows.append(row)

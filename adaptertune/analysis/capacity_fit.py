@@ -36,6 +36,9 @@ curve, so read it beside diminishing_p). Trend tests:
 monotone_p (Page's L test, seeds as blocks; Kendall's tau when seeds do not cover every rank),
 diminishing_p (one-sided t-test that the quadratic term in log2(rank) is negative, seed fixed
 effects), decline_p (one-sided t-test that accuracy falls over the upper half of the ranks).
+Every fit also gets a lack-of-fit F-test against the rank means (the seeds' scatter as pure error),
+and the same doubling rule is applied to the measured means without a curve (`elbow_means`): when
+the best curve is rejected the two can disagree, and a note says so.
 """
 
 from __future__ import annotations
@@ -385,6 +388,7 @@ class ModelFit:
     r2: float                   # 1 - RSS/TSS over all points
     loo_rmse: float | None      # leave-one-rank-out RMSE of the rank means (points); None under 4 ranks
     weight: float | None = None  # Akaike weight among the families compared
+    lack_of_fit_p: float | None = None  # F-test of the curve against the rank means (`lack_of_fit_p`)
 
     @property
     def name(self) -> str:
@@ -397,7 +401,8 @@ class ModelFit:
 
     def to_dict(self) -> dict:
         return plain({"model": self.name, "params": self.params(), "rss": self.rss, "aicc": self.aicc,
-                      "akaike_weight": self.weight, "r2": self.r2, "loo_rmse": self.loo_rmse})
+                      "akaike_weight": self.weight, "r2": self.r2, "loo_rmse": self.loo_rmse,
+                      "lack_of_fit_p": self.lack_of_fit_p})
 
 
 @dataclass(frozen=True, eq=False)
@@ -408,6 +413,7 @@ class SweepFit:
     (t-interval over seeds; NaN with one seed). fits: family name -> ModelFit, best first by AICc.
     elbow, elbow_ci: the doubling elbow (inf: beyond the horizon) and its 95% interval;
     kneedle, kneedle_ci: Kneedle on the best fitted curve (NaN: no knee); kneedle_data: on the means.
+    elbow_means: the doubling rule on the measured means, no curve (`means_elbow`; inf: not reached).
     curve_r (G,) and band (2, G): the best fit's pointwise 95% bootstrap band over the measured range.
     """
 
@@ -428,6 +434,7 @@ class SweepFit:
     kneedle: float
     kneedle_ci: tuple[float, float]
     kneedle_data: float
+    elbow_means: float
     trends: Trends
     curve_r: np.ndarray
     band: np.ndarray
@@ -450,8 +457,8 @@ class SweepFit:
             "best_model": self.best.name, "params": self.best.params(),
             "elbow": nan(self.elbow), "elbow_ci": [nan(v) for v in self.elbow_ci],
             "kneedle": nan(self.kneedle), "kneedle_ci": [nan(v) for v in self.kneedle_ci],
-            "kneedle_data": nan(self.kneedle_data),
-            "r2": self.best.r2, "loo_rmse": self.best.loo_rmse,
+            "kneedle_data": nan(self.kneedle_data), "elbow_means": nan(self.elbow_means),
+            "r2": self.best.r2, "loo_rmse": self.best.loo_rmse, "lack_of_fit_p": self.best.lack_of_fit_p,
             **self.trends.to_dict(),
             "delta": self.delta, "horizon": self.horizon, "interval": self.interval, "n_boot": self.n_boot,
             "models": [f.to_dict() for f in self.fits.values()],
@@ -464,6 +471,31 @@ def _aicc(rss: float, n: int, q: int) -> float | None:
     if n - k - 1 <= 0:
         return None
     return float(n * math.log(max(rss, 1e-12) / n) + 2 * k + 2 * k * (k + 1) / (n - k - 1))
+
+
+def lack_of_fit_p(rss: float, ranks: np.ndarray, acc: np.ndarray, q: int) -> float | None:
+    """Lack-of-fit F-test: p of a q-parameter curve leaving `rss` if it ran through the rank means.
+
+    The seeds' scatter within each rank is the pure error; what the curve leaves beyond it, over the
+    L - q degrees of freedom the ranks spare, is its misfit. None without replicates or spare ranks.
+    """
+    levels = np.unique(ranks)
+    pure = sum(float(((acc[ranks == r] - acc[ranks == r].mean()) ** 2).sum()) for r in levels)
+    L, n = levels.size, acc.size
+    if n <= L or L <= q or pure <= 0:
+        return None
+    f = (max(rss - pure, 0.0) / (L - q)) / (pure / (n - L))
+    return float(stats.f.sf(f, L - q, n - L))
+
+
+def means_elbow(levels: np.ndarray, means: np.ndarray, delta: float) -> float:
+    """The doubling rule without a curve: the smallest measured rank from which every measured step
+    up the ranks gains less than delta on the means; inf when even the last step gains delta."""
+    gains = np.diff(means)
+    for i in range(levels.size):
+        if np.all(gains[i:] < delta):
+            return float(levels[i]) if i < levels.size - 1 else math.inf
+    return math.inf
 
 
 def _loo_rmse(family: Family, ranks: np.ndarray, acc: np.ndarray) -> float | None:
@@ -597,7 +629,8 @@ def fit_sweep(ranks, seeds, acc, *, tail=None, families=None, delta: float = DEL
         b = boots[i]
         fits[b.family.name] = ModelFit(b.family, b.theta, *b.interval(), b.rss, float(aicc[i]),
                                        1 - b.rss / tss if tss > 0 else math.nan,
-                                       _loo_rmse(b.family, ranks, acc), float(weights[i]))
+                                       _loo_rmse(b.family, ranks, acc), float(weights[i]),
+                                       lack_of_fit_p(b.rss, ranks, acc, b.family.n_params))
     best = boots[int(np.argsort(aicc, kind="stable")[0])]
     fam = best.family
     lo_r, hi_r = float(levels.min()), float(levels.max())
@@ -610,7 +643,8 @@ def fit_sweep(ranks, seeds, acc, *, tail=None, families=None, delta: float = DEL
         elbow=float(doubling_elbow(fam, best.theta, delta, lo_r, hi_r * horizon)),
         elbow_ci=_interval(elbows, best.tail),
         kneedle=float(kneedle_rank(fam, best.theta, lo_r, hi_r, delta)), kneedle_ci=_interval(knees, best.tail),
-        kneedle_data=float(2.0 ** kneedle(np.log2(levels), means)), trends=trend_tests(ranks, seeds, acc),
+        kneedle_data=float(2.0 ** kneedle(np.log2(levels), means)), elbow_means=means_elbow(levels, means, delta),
+        trends=trend_tests(ranks, seeds, acc),
         curve_r=curve_r, band=np.quantile(fam.predict(best.boot, curve_r), [best.tail, 1 - best.tail], axis=0),
         notes=())
     return _with_notes(out)
@@ -651,6 +685,10 @@ def _with_notes(fit: SweepFit) -> SweepFit:
     if np.isfinite(fit.elbow) and fit.elbow > fit.levels.max():
         notes.append("the elbow is extrapolated beyond the largest measured rank")
     best = fit.best
+    if best.lack_of_fit_p is not None and best.lack_of_fit_p < ALPHA_TEST:
+        notes.append(f"the {best.name} model misses the rank means beyond the seeds' scatter (lack-of-fit "
+                     f"p={p_text(best.lack_of_fit_p)}): its elbow and intervals rest on a curve the data "
+                     f"reject; compare the elbow on the means ({fit.elbow_means:g})")
     if best.family.grid.size and best.theta[1] == 0:
         notes.append(f"the {best.name} model has {best.family.names[1]} = 0 (no rise): "
                      f"its {best.family.names[-1]} is not identified")
