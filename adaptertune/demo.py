@@ -16,7 +16,7 @@ import numpy as np
 from .config import Config
 
 # The study's settings: every value here is a plain `adaptertune train` flag. Tuned on planted tasks
-# with k* = 2, 4 and 8 (benchmarks/planted_validation.py) for a 24-run sweep of about 5.5 minutes on
+# with k* = 2, 4 and 8 (benchmarks/planted_validation.py) for a 24-run sweep of 6-7 minutes on
 # two idle CPU cores: 8 epochs of 14,400 images at batch 128 (~900 steps) with a high learning rate
 # (0.3 at batch 1024, i.e. 0.0375 here); at the reference lr (5e-4) nothing is learned in this
 # budget. Full fine-tuning gets FULL_LR instead: at 0.3 it collapses on some seeds (25% test accuracy).
@@ -71,8 +71,9 @@ def headline(results: dict, planted_rank: int) -> list[str]:
         lo, hi = g.get("elbow_ci") or (None, None)
         ci = f" (95% CI {lo:.1f}-{'beyond the search' if hi is None else f'{hi:.1f}'})" if lo is not None else ""
         elbow = f"r = {g['elbow']:.1f}{ci}" if g.get("elbow") is not None else "none within the swept ranks"
-        means = g.get("elbow_means")
-        means = f"r = {means:g}" if means is not None else "none within the swept ranks"
+        means, (mlo, mhi) = g.get("elbow_means"), g.get("elbow_means_ci") or (None, None)
+        means = (f"r = {means:g} (95% CI {mlo:g}-{'beyond the ranks' if mhi is None else f'{mhi:g}'})"
+                 if means is not None else "none within the swept ranks")
         lines.append(f"elbow found: {elbow}, best model {g.get('best_model')} (on the means, no curve: {means}); "
                      f"planted k* = {planted_rank}")
     else:

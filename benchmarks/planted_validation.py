@@ -14,8 +14,8 @@ settings) through `sweep.run_sweep`, then runs the analyses the demo runs and pr
   paired over seeds, exact sign-flip and t-test;
 - whether the elbow and the shared directions land within one doubling of k* (k*/2 <= x <= 2k*).
 
-Runs are resumable (finished runs are skipped), so a rerun only re-analyses. About 5.5 minutes per
-k* on two idle CPU cores (323-349 s measured). Usage:
+Runs are resumable (finished runs are skipped), so a rerun only re-analyses. About 6-7 minutes per
+k* on two idle CPU cores (358-401 s measured). Usage:
 
     python benchmarks/planted_validation.py [--out DIR] [--ranks 2,4,8] [--quick]
 """
@@ -66,6 +66,7 @@ def validate(k: int, out: Path, quick: bool = False, log=print) -> dict:
     t = significance.compare(x, y, paired=paired, alternative="greater", test="t", rng=rng, a="adapter", b="head")
     means = dict(zip((int(r) for r in fit.levels), (float(m) for m in fit.means)))
     measured = fit.elbow_means if math.isfinite(fit.elbow_means) else None
+    measured_ci = [v if math.isfinite(v) else None for v in fit.elbow_means_ci]
     return {
         "k": k, "status": status, "sweep_seconds": seconds,
         "means": means, "best_model": fit.best.name,
@@ -76,7 +77,7 @@ def validate(k: int, out: Path, quick: bool = False, log=print) -> dict:
         "diff": perm.mean_diff, "p_perm": perm.p, "p_perm_min": perm.min_p,
         "verdict_perm": significance.verdict(perm.p, perm.min_p, 0.05), "p_t": t.p,
         "verdict_t": significance.verdict(t.p, t.min_p, 0.05),
-        "measured_elbow": measured, "measured_ok": within_one_doubling(measured, k),
+        "measured_elbow": measured, "measured_ci": measured_ci, "measured_ok": within_one_doubling(measured, k),
         "elbow_ok": within_one_doubling(fit.elbow, k), "rank95_ok": within_one_doubling(rank95, k),
         "shared_ok": within_one_doubling(shared, k),
     }
@@ -104,15 +105,16 @@ def _f(v, fmt=".1f") -> str:
 
 
 def table(rows: list[dict]) -> str:
-    cols = ["k*", "elbow [95% CI]", "model", "p lof", "predicted", "ok", "measured", "ok", "shared", "rank95", "ok",
-            "adapter (r) vs head", "diff", "p perm (min)", "p t", "head below"]
+    cols = ["k*", "elbow [95% CI]", "model", "p lof", "predicted", "ok", "measured", "ok", "shared", "rank95",
+            "ok", "adapter (r) vs head", "diff", "p perm (min)", "p t", "head below"]
     lines = []
     for r in rows:
         lo, hi = r["elbow_ci"]
         lines.append([
             str(r["k"]), f"{_f(r['elbow'])} [{_f(lo)}, {_f(hi) if hi is not None and math.isfinite(hi) else 'inf'}]",
             r["best_model"], p_text(r["lack_of_fit_p"]), _f(r["predicted_elbow"]), "yes" if r["elbow_ok"] else "NO",
-            _f(r["measured_elbow"], ".0f"), "yes" if r["measured_ok"] else "NO",
+            f"{_f(r['measured_elbow'], '.0f')} [{', '.join(_f(v, '.0f') if v else 'inf' for v in r['measured_ci'])}]",
+            "yes" if r["measured_ok"] else "NO",
             str(r["shared"]), f"{r['rank95']:.0f}",
             ("yes" if r["shared_ok"] else "NO") + "/" + ("yes" if r["rank95_ok"] else "NO"),
             f"{r['adapter_acc']:.2f} (r{r['chosen_rank']}) vs {r['head_acc']:.2f}", f"{r['diff']:+.2f}",
@@ -123,7 +125,8 @@ def table(rows: list[dict]) -> str:
         f"k*={r['k']}: " + " ".join(f"r{rank} {acc:.1f}" for rank, acc in r["means"].items()) for r in rows)]
     notes = ["elbow: smallest rank from which every doubling gains < 0.5 points (capacity fit, best by AICc; "
              "p lof: its lack-of-fit test against the rank means); "
-             "predicted: from the spectrum of the shift; measured: the same rule on the measured means (no fit); "
+             "predicted: from the spectrum of the shift; measured: the same rule on the measured means (no fit; "
+             "interval: each rank's runs resampled); "
              "ok: within one doubling of k* (k*/2 <= x <= 2k*)",
              "shared: directions of the highest-rank adapters' shift the seeds share (ICC significantly > 0.5); "
              "rank95: directions holding 95% of that shift's energy (median over seeds)",

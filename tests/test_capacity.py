@@ -190,6 +190,17 @@ def test_elbow_on_the_means_is_the_doubling_rule_without_a_curve():
     assert cap.means_elbow(levels, np.array([80, 80.1, 80, 80.2, 80]), 0.5) == 1.0
 
 
+def test_interval_of_the_elbow_on_the_means_is_tight_on_a_clean_step_and_covers_a_noisy_curve(rng):
+    step = lambda r: np.where(r >= 4, 99.5, 85.0)                          # noqa: E731
+    r, s, y = sweep(step, rng, ranks=(1, 2, 4, 8, 16, 32), sigma=0.05)
+    assert cap.means_elbow_interval(r, y, 0.5, 500, rng) == (4.0, 4.0)
+    f = power(90.0, 20.0, 1.0)                                             # true rule on the means: 32
+    truth = cap.means_elbow(np.array(DOUBLING, float), f(np.array(DOUBLING, float)), 0.5)
+    hits = [lo <= truth <= hi for lo, hi in
+            (cap.means_elbow_interval(*sweep(f, rng, sigma=0.4)[::2], 0.5, 300, rng) for _ in range(60))]
+    assert truth == 32 and np.mean(hits) >= 0.85
+
+
 def test_non_monotone_sweep_is_flagged(rng):
     fit = cap.fit_sweep(*sweep(lambda r: 90 - 20 / r - 0.08 * r, rng, ranks=(4, 8, 16, 32, 64, 128)), n_boot=100)
     assert fit.trends.decline_p < 0.01

@@ -170,7 +170,9 @@ class CapacityReport:
                 "group": g.label, "ranks": ",".join(f"{r:g}" for r in f.levels), "seeds": str(f.n_seeds),
                 "best": f"{f.best.name} (w={f.best.weight:.2f})",
                 "params": ", ".join(f"{k} {_g(v[0])} [{_g(v[1])}, {_g(v[2])}]" for k, v in d["params"].items()),
-                "elbow": f"{_g(f.elbow)} [{_g(lo)}, {_g(hi)}]", "elbow means": _g(f.elbow_means), "kneedle": _g(f.kneedle),
+                "elbow": f"{_g(f.elbow)} [{_g(lo)}, {_g(hi)}]",
+                "elbow means": f"{_g(f.elbow_means)} [{_g(f.elbow_means_ci[0])}, {_g(f.elbow_means_ci[1])}]",
+                "kneedle": _g(f.kneedle),
                 "R2": _g(f.best.r2, 3), "LOO": _g(f.best.loo_rmse, 2), "p_lof": p_text(f.best.lack_of_fit_p),
                 "p_mono": p_text(f.trends.monotone_p), "p_dimin": p_text(f.trends.diminishing_p),
                 "predicted": _g(g.prediction.elbow) if g.prediction else "-",
@@ -198,8 +200,9 @@ class CapacityReport:
                  f"Intervals are 95% residual-bootstrap intervals ({o.get('n_boot')} resamples). The elbow is "
                  f"the smallest rank from which every doubling gains less than δ = {o.get('delta')} points "
                  f"(searched up to {o.get('horizon'):g}× the largest rank); elbow means: the same rule on the "
-                 f"measured means, no curve; Kneedle is on log2(rank); p lof: lack-of-fit F-test of the curve "
-                 f"against the rank means (seeds' scatter as pure error). "
+                 f"measured means, no curve, with a 95% bootstrap interval (each rank's runs resampled); "
+                 f"Kneedle is on log2(rank); p lof: lack-of-fit F-test of the curve against the rank means "
+                 f"(seeds' scatter as pure error). "
                  f"p mono: Page's trend test (seeds as blocks); p dimin: one-sided test of a negative "
                  f"quadratic term in log2(rank); predicted: the elbow of the curve predicted from the "
                  f"spectrum (scaled to the end ranks only).", ""]
@@ -227,7 +230,8 @@ def _g(v, digits: int = 3) -> str:
 
 
 _CSV_GROUP = ["dataset", "backbone", "placement", "init", "blocks", "activation", "scale", "ranks", "n_seeds",
-              "n_runs", "elbow", "elbow_lo", "elbow_hi", "kneedle", "kneedle_lo", "kneedle_hi", "kneedle_data", "elbow_means",
+              "n_runs", "elbow", "elbow_lo", "elbow_hi", "kneedle", "kneedle_lo", "kneedle_hi", "kneedle_data",
+              "elbow_means", "elbow_means_lo", "elbow_means_hi",
               "monotone_p", "monotone_test", "diminishing_p", "decline_p", "predicted_elbow"]
 _CSV_MODEL = ["model", "best", "aicc", "akaike_weight", "r2", "loo_rmse", "lack_of_fit_p"]
 _PARAMS = ["A", "B", "alpha", "rho", "kappa", "a", "b"]
@@ -243,7 +247,8 @@ def _csv_rows(report: CapacityReport) -> list[dict]:
         d = g.to_dict()
         base = {**{k: d.get(k) for k in _CSV_GROUP}, "ranks": ";".join(map(str, d["ranks"])),
                 "elbow_lo": d["elbow_ci"][0], "elbow_hi": d["elbow_ci"][1],
-                "kneedle_lo": d["kneedle_ci"][0], "kneedle_hi": d["kneedle_ci"][1]}
+                "kneedle_lo": d["kneedle_ci"][0], "kneedle_hi": d["kneedle_ci"][1],
+                "elbow_means_lo": d["elbow_means_ci"][0], "elbow_means_hi": d["elbow_means_ci"][1]}
         for m in d["models"]:
             row = {**base, "model": m["model"], "best": m["model"] == d["best_model"],
                    **{k: m[k] for k in _CSV_MODEL[2:]}}

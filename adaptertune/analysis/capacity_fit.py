@@ -413,7 +413,8 @@ class SweepFit:
     (t-interval over seeds; NaN with one seed). fits: family name -> ModelFit, best first by AICc.
     elbow, elbow_ci: the doubling elbow (inf: beyond the horizon) and its 95% interval;
     kneedle, kneedle_ci: Kneedle on the best fitted curve (NaN: no knee); kneedle_data: on the means.
-    elbow_means: the doubling rule on the measured means, no curve (`means_elbow`; inf: not reached).
+    elbow_means, elbow_means_ci: the doubling rule on the measured means, no curve (`means_elbow`;
+    inf: not reached), and its 95% interval (`means_elbow_interval`).
     curve_r (G,) and band (2, G): the best fit's pointwise 95% bootstrap band over the measured range.
     """
 
@@ -435,6 +436,7 @@ class SweepFit:
     kneedle_ci: tuple[float, float]
     kneedle_data: float
     elbow_means: float
+    elbow_means_ci: tuple[float, float]
     trends: Trends
     curve_r: np.ndarray
     band: np.ndarray
@@ -458,6 +460,7 @@ class SweepFit:
             "elbow": nan(self.elbow), "elbow_ci": [nan(v) for v in self.elbow_ci],
             "kneedle": nan(self.kneedle), "kneedle_ci": [nan(v) for v in self.kneedle_ci],
             "kneedle_data": nan(self.kneedle_data), "elbow_means": nan(self.elbow_means),
+            "elbow_means_ci": [nan(v) for v in self.elbow_means_ci],
             "r2": self.best.r2, "loo_rmse": self.best.loo_rmse, "lack_of_fit_p": self.best.lack_of_fit_p,
             **self.trends.to_dict(),
             "delta": self.delta, "horizon": self.horizon, "interval": self.interval, "n_boot": self.n_boot,
@@ -496,6 +499,25 @@ def means_elbow(levels: np.ndarray, means: np.ndarray, delta: float) -> float:
         if np.all(gains[i:] < delta):
             return float(levels[i]) if i < levels.size - 1 else math.inf
     return math.inf
+
+
+def means_elbow_interval(ranks: np.ndarray, acc: np.ndarray, delta: float, n_boot: int,
+                         rng: np.random.Generator, level: float = LEVEL) -> tuple[float, float]:
+    """Percentile interval of `means_elbow` (measured ranks or inf) over a bootstrap within each rank.
+
+    Each rank's runs are resampled with replacement; their deviations from the rank's mean are
+    rescaled by sqrt(m/(m-1)) for its m runs, so the resampled means keep the runs' variance (plain
+    resampling of 3 seeds shrinks it by 2/3). A rank with one run does not vary.
+    """
+    levels = np.unique(ranks)
+    means = np.empty((n_boot, levels.size))
+    for j, r in enumerate(levels):
+        v = acc[ranks == r]
+        dev = (v - v.mean()) * (math.sqrt(v.size / (v.size - 1)) if v.size > 1 else 0.0)
+        means[:, j] = v.mean() + dev[rng.integers(0, v.size, (n_boot, v.size))].mean(1)
+    elbows = np.array([means_elbow(levels, m, delta) for m in means])
+    lo, hi = np.quantile(elbows, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    return float(lo), float(hi)
 
 
 def _loo_rmse(family: Family, ranks: np.ndarray, acc: np.ndarray) -> float | None:
@@ -644,6 +666,7 @@ def fit_sweep(ranks, seeds, acc, *, tail=None, families=None, delta: float = DEL
         elbow_ci=_interval(elbows, best.tail),
         kneedle=float(kneedle_rank(fam, best.theta, lo_r, hi_r, delta)), kneedle_ci=_interval(knees, best.tail),
         kneedle_data=float(2.0 ** kneedle(np.log2(levels), means)), elbow_means=means_elbow(levels, means, delta),
+        elbow_means_ci=means_elbow_interval(ranks, acc, delta, n_boot, rng),
         trends=trend_tests(ranks, seeds, acc),
         curve_r=curve_r, band=np.quantile(fam.predict(best.boot, curve_r), [best.tail, 1 - best.tail], axis=0),
         notes=())
