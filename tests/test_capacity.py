@@ -177,7 +177,7 @@ def test_lack_of_fit_rejects_a_wrong_curve_and_holds_its_level_for_the_right_one
     # under the right family the test rejects about 5% of sweeps at the 5% level
     fam = cap.make_family("power", r)
     Y = power(90.0, 20.0, 0.7)(r) + rng.normal(0, 0.3, (400, r.size))
-    theta, rss = cap.fit_many(fam, r, Y)
+    _, rss = cap.fit_many(fam, r, Y)
     p = np.array([cap.lack_of_fit_p(v, r, yy, fam.n_params) for v, yy in zip(rss, Y)])
     assert 0.02 < np.mean(p < 0.05) < 0.09
     assert cap.lack_of_fit_p(1.0, r, np.repeat(y[:1], r.size), 3) is None        # no scatter: no test
@@ -188,6 +188,8 @@ def test_elbow_on_the_means_is_the_doubling_rule_without_a_curve():
     assert cap.means_elbow(levels, np.array([80, 86, 99.6, 99.8, 99.7]), 0.5) == 4.0
     assert cap.means_elbow(levels, np.array([80, 90, 98, 99, 99.6]), 0.5) == np.inf     # the last step gains 0.6
     assert cap.means_elbow(levels, np.array([80, 80.1, 80, 80.2, 80]), 0.5) == 1.0
+    rows = np.array([[80, 86, 99.6, 99.8, 99.7], [80, 90, 98, 99, 99.6], [80, 80.1, 80, 80.2, 80]])
+    assert list(cap.means_elbow(levels, rows, 0.5)) == [4.0, np.inf, 1.0]             # many at once
 
 
 def test_interval_of_the_elbow_on_the_means_is_tight_on_a_clean_step_and_covers_a_noisy_curve(rng):

@@ -491,14 +491,14 @@ def lack_of_fit_p(rss: float, ranks: np.ndarray, acc: np.ndarray, q: int) -> flo
     return float(stats.f.sf(f, L - q, n - L))
 
 
-def means_elbow(levels: np.ndarray, means: np.ndarray, delta: float) -> float:
+def means_elbow(levels: np.ndarray, means: np.ndarray, delta: float) -> float | np.ndarray:
     """The doubling rule without a curve: the smallest measured rank from which every measured step
-    up the ranks gains less than delta on the means; inf when even the last step gains delta."""
-    gains = np.diff(means)
-    for i in range(levels.size):
-        if np.all(gains[i:] < delta):
-            return float(levels[i]) if i < levels.size - 1 else math.inf
-    return math.inf
+    up the ranks gains less than delta on the means; inf when even the last step gains delta.
+    levels (k,), means (k,) or (m, k) -> float or (m,)."""
+    above = np.diff(np.atleast_2d(means), axis=1) >= delta                 # (m, k-1)
+    after = np.where(above.any(1), above.shape[1] - np.argmax(above[:, ::-1], 1), 0)  # past the last big step
+    out = np.where(after < levels.size - 1, np.asarray(levels, float)[np.minimum(after, levels.size - 1)], np.inf)
+    return float(out[0]) if np.ndim(means) == 1 else out
 
 
 def means_elbow_interval(ranks: np.ndarray, acc: np.ndarray, delta: float, n_boot: int,
@@ -515,8 +515,7 @@ def means_elbow_interval(ranks: np.ndarray, acc: np.ndarray, delta: float, n_boo
         v = acc[ranks == r]
         dev = (v - v.mean()) * (math.sqrt(v.size / (v.size - 1)) if v.size > 1 else 0.0)
         means[:, j] = v.mean() + dev[rng.integers(0, v.size, (n_boot, v.size))].mean(1)
-    elbows = np.array([means_elbow(levels, m, delta) for m in means])
-    lo, hi = np.quantile(elbows, [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
+    lo, hi = np.quantile(means_elbow(levels, means, delta), [(1 - level) / 2, (1 + level) / 2], method="inverted_cdf")
     return float(lo), float(hi)
 
 
