@@ -68,12 +68,8 @@ def headline(results: dict, planted_rank: int) -> list[str]:
     groups = results.get("capacity", {}).get("groups") or []
     if groups:
         g = groups[0]
-        lo, hi = g.get("elbow_ci") or (None, None)
-        ci = f" (95% CI {lo:.1f}-{'beyond the search' if hi is None else f'{hi:.1f}'})" if lo is not None else ""
-        elbow = f"r = {g['elbow']:.1f}{ci}" if g.get("elbow") is not None else "none within the swept ranks"
-        means, (mlo, mhi) = g.get("elbow_means"), g.get("elbow_means_ci") or (None, None)
-        means = (f"r = {means:g} (95% CI {mlo:g}-{'beyond the ranks' if mhi is None else f'{mhi:g}'})"
-                 if means is not None else "none within the swept ranks")
+        elbow = _estimate(g.get("elbow"), g.get("elbow_ci"), ".1f")
+        means = _estimate(g.get("elbow_means"), g.get("elbow_means_ci"), "g")
         lines.append(f"elbow found: {elbow}, best model {g.get('best_model')} (on the means, no curve: {means}); "
                      f"planted k* = {planted_rank}")
     else:
@@ -95,3 +91,12 @@ def headline(results: dict, planted_rank: int) -> list[str]:
         parts += [f"{m} {by_method[m]['test_acc1']:.2f}" for m in ("head", "full") if m in by_method]
         lines.append("test acc1 (mean over seeds): " + ", ".join(parts))
     return lines
+
+
+def _estimate(value, ci, fmt: str) -> str:
+    """"r = v (95% CI lo-hi)" of an elbow from JSON, where None means not found (hi: beyond the search)."""
+    if value is None:
+        return "none within the swept ranks"
+    lo, hi = ci or (None, None)
+    bounds = f" (95% CI {lo:{fmt}}-{'beyond the search' if hi is None else format(hi, fmt)})" if lo is not None else ""
+    return f"r = {value:{fmt}}{bounds}"

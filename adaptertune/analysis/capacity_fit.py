@@ -256,6 +256,11 @@ def rank_grid(lo: float, hi: float, size: int = _CURVE) -> np.ndarray:
     return np.geomspace(lo, hi, size)
 
 
+def _last_true(mask: np.ndarray) -> np.ndarray:
+    """Index of the last True in each row of a (m, G) mask; -1 where a row has none."""
+    return np.where(mask.any(1), mask.shape[1] - 1 - np.argmax(mask[:, ::-1], 1), -1)
+
+
 def doubling_elbow(family: Family, theta: np.ndarray, delta: float, lo: float, hi: float) -> np.ndarray:
     """Smallest rank r in [lo, hi] from which every doubling gains < delta: f(2r') - f(r') < delta, r' >= r.
 
@@ -265,8 +270,7 @@ def doubling_elbow(family: Family, theta: np.ndarray, delta: float, lo: float, h
     th = np.atleast_2d(theta)
     rg = rank_grid(lo, hi)
     gain = family.predict(th, 2 * rg) - family.predict(th, rg)            # (m, G)
-    above = gain >= delta
-    last = np.where(above.any(1), rg.size - 1 - np.argmax(above[:, ::-1], 1), -1)
+    last = _last_true(gain >= delta)
     out = np.full(th.shape[0], float(lo))
     inside = (last >= 0) & (last < rg.size - 1)
     j, rows = last[inside], np.nonzero(inside)[0]
@@ -495,8 +499,7 @@ def means_elbow(levels: np.ndarray, means: np.ndarray, delta: float) -> float | 
     """The doubling rule without a curve: the smallest measured rank from which every measured step
     up the ranks gains less than delta on the means; inf when even the last step gains delta.
     levels (k,), means (k,) or (m, k) -> float or (m,)."""
-    above = np.diff(np.atleast_2d(means), axis=1) >= delta                 # (m, k-1)
-    after = np.where(above.any(1), above.shape[1] - np.argmax(above[:, ::-1], 1), 0)  # past the last big step
+    after = _last_true(np.diff(np.atleast_2d(means), axis=1) >= delta) + 1    # the rank after the last big step
     out = np.where(after < levels.size - 1, np.asarray(levels, float)[np.minimum(after, levels.size - 1)], np.inf)
     return float(out[0]) if np.ndim(means) == 1 else out
 
