@@ -7,6 +7,8 @@ fields one to one (`--batch-size` is `batch_size`). Imports no torch.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 from .errors import UserError
@@ -16,6 +18,13 @@ PLACEMENTS = ("block", "attn", "mlp", "parallel")
 INITS = ("zero", "small", "random")
 ACTIVATIONS = ("gelu", "relu", "identity")
 PRECISIONS = ("auto", "fp32", "bf16")
+
+# What a run's identity leaves out (`Config.identity`): options that decide how a run executes, not
+# what it computes, and options that the method or the dataset does not read.
+EXECUTION = ("data_root", "device", "compile", "cache_features", "workers", "log_every", "block_features")
+ADAPTER_ONLY = ("rank", "placement", "blocks", "init", "activation", "scale")
+SYNTHETIC_ONLY = ("num_classes", "train_samples", "test_samples")  # read by the synthetic and planted tasks
+PLANTED_ONLY = ("planted_rank", "planted_strength")
 
 
 def _opt(default, help, **kw):
@@ -97,6 +106,27 @@ class Config:
                 parts.append(f"x{self.scale:g}")
         parts.append(f"s{self.seed}")
         return "-".join(parts)
+
+    def identity(self) -> dict:
+        """Every field that changes the result, with its value: what makes two runs the same run.
+
+        Leaves out EXECUTION options, the adapter's options for other methods and the synthetic
+        task's options for other datasets (a head run at --rank 8 is the head run at --rank 16).
+        """
+        skip = set(EXECUTION)
+        if self.method != "adapter":
+            skip.update(ADAPTER_ONLY)
+        if self.dataset not in ("synthetic", "planted"):
+            skip.update(SYNTHETIC_ONLY)
+        if self.dataset != "planted":
+            skip.update(PLANTED_ONLY)
+        return {k: v for k, v in self.to_dict().items() if k not in skip}
+
+    def config_key(self) -> str:
+        """A short digest of `identity()` without the seed: equal for exactly the runs that are seeds
+        of one configuration. Analyses group and pair runs by it."""
+        ident = {k: v for k, v in self.identity().items() if k != "seed"}
+        return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:8]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
