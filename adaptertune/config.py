@@ -61,6 +61,7 @@ class Config:
     val_fraction: float = _opt(0.1, "share of the training set held out for validation, split by --seed")
     feature_samples: int = _opt(1024, "test images whose frozen/adapted features are saved (same for every run)")
     block_features: bool = _opt(False, "also save per-block features")
+    skip_corrupt: bool = _opt(False, "leave unreadable image files out (counted in config.json) instead of stopping")
     # -- synthetic / planted tasks (offline) -----------------------------------------------------
     num_classes: int = _opt(10, "classes of the synthetic / planted task")
     train_samples: int = _opt(5000, "training images of the synthetic / planted task")

@@ -1,16 +1,19 @@
 """Datasets as uint8 image tensors, splits, and batched augmentation on the training device.
 
-Every dataset becomes `Images`: uint8 (N, 3, H, W) plus int64 labels. Small datasets (CIFAR, SVHN,
-synthetic, planted) stay in memory; image-file datasets are decoded once by DataLoader workers into
-a square uint8 cache at `store_size(image_size)` (a .npy file, memory-mapped on later runs).
-Augmentation runs batched on the device in a few kernels: a per-image affine crop box sampled like
-RandomResizedCrop(scale=(0.08, 1), ratio=(3/4, 4/3)) with a horizontal flip, one `grid_sample`,
-then normalisation. Evaluation takes the central 0.875 of the image (resize 256 / crop 224).
+Every dataset becomes `Images`: uint8 (N, 3, H, W) plus int64 labels and a `source` record (split
+name, image count, content digest) that config.json keeps. Small datasets (CIFAR, SVHN, synthetic,
+planted) stay in memory; image-file datasets become a list of (path, label) that `cache.py` decodes
+once into a square uint8 cache at `store_size(image_size)` (memory-mapped on later runs).
+Augmentation runs batched on the device in a few kernels: per-image crop boxes drawn exactly as
+torchvision's RandomResizedCrop(scale=(0.08, 1), ratio=(3/4, 4/3)) draws them, a horizontal flip,
+one `grid_sample`, then normalisation. Evaluation takes the central 0.875 of the image (resize 256 / crop 224).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .cache import decode_files
 from .config import Config
 from .errors import UserError
 
@@ -29,6 +33,7 @@ class Images:
     images: torch.Tensor | np.ndarray  # (N, 3, H, W) uint8; a memory-mapped array for large sets
     labels: torch.Tensor  # (N,) int64
     num_classes: int
+    source: dict | None = None  # {"split", "images", "digest", ...}: what config.json records
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -62,7 +67,7 @@ class Images:
     def to(self, device) -> "Images":
         if isinstance(self.images, np.ndarray):
             return self
-        return Images(self.images.to(device), self.labels, self.num_classes)
+        return Images(self.images.to(device), self.labels, self.num_classes, self.source)
 
 
 # -- splits ----------------------------------------------------------------------------------------
@@ -87,24 +92,56 @@ def crop_boxes(n: int, train: bool, generator: torch.Generator | None, device) -
         theta = torch.zeros(n, 2, 3, device=device)
         theta[:, 0, 0] = theta[:, 1, 1] = EVAL_CROP
         return theta
-    u = torch.rand(n, 5, generator=generator, device=device)
-    area = 0.08 + 0.92 * u[:, 0]
-    log_ratio = math.log(3 / 4) + (math.log(4 / 3) - math.log(3 / 4)) * u[:, 1]
-    w = torch.sqrt(area * log_ratio.exp()).clamp(max=1.0)  # box width / image width
-    h = torch.sqrt(area / log_ratio.exp()).clamp(max=1.0)
-    cx = (2 * u[:, 2] - 1) * (1 - w)  # box centre in [-1, 1] coordinates, box inside the image
-    cy = (2 * u[:, 3] - 1) * (1 - h)
-    flip = torch.where(u[:, 4] < 0.5, -1.0, 1.0)
-    theta = torch.zeros(n, 2, 3, device=device)
-    theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
-    theta[:, 1, 1], theta[:, 1, 2] = h, cy
-    return theta
+    raise ValueError("training boxes depend on the image's size: use random_resized_crop_boxes")
+
+
+RRC_SCALE, RRC_RATIO, RRC_ATTEMPTS = (0.08, 1.0), (3 / 4, 4 / 3), 10  # torchvision's defaults
+
+
+def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.Generator | None, device,
+                              scale=RRC_SCALE, ratio=RRC_RATIO, flip: bool = True) -> torch.Tensor:
+    """(n, 2, 3) affine maps (output -> input coordinates) of a RandomResizedCrop box per image of a
+    height x width batch, then a horizontal flip with probability 1/2.
+
+    The boxes are those of torchvision's `RandomResizedCrop.get_params`, drawn for all images at once:
+    up to 10 attempts of an area share ~ U(scale) and a log-uniform aspect ratio, rounded to whole
+    pixels; the first attempt that fits in the image wins and is placed uniformly at integer offsets.
+    An image where none fits gets the central crop, with its ratio clamped to the `ratio` range.
+    """
+    f64 = dict(generator=generator, device=device, dtype=torch.float64)
+    u = torch.rand(n, RRC_ATTEMPTS, 2, **f64)
+    area = height * width * (scale[0] + (scale[1] - scale[0]) * u[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    w, h = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()  # half to even, as round()
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = fits.to(torch.uint8).argmax(1, keepdim=True)  # the first attempt that fits
+    w, h, found = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], fits.any(1)
+    in_ratio = width / height  # the fallback: the whole image, ratio clamped to the range
+    if in_ratio < min(ratio):
+        fw, fh = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        fw, fh = int(round(height * max(ratio))), height
+    else:
+        fw, fh = width, height
+    w, h = torch.where(found, w, float(fw)), torch.where(found, h, float(fh))
+    v = torch.rand(n, 3, **f64)
+    top = torch.where(found, torch.floor(v[:, 0] * (height - h + 1)), torch.floor((height - h) / 2))
+    left = torch.where(found, torch.floor(v[:, 1] * (width - w + 1)), torch.floor((width - w) / 2))
+    sign = torch.where(v[:, 2] < 0.5, -1.0, 1.0) if flip else torch.ones_like(w)
+    theta = torch.zeros(n, 2, 3, device=device, dtype=torch.float64)
+    theta[:, 0, 0], theta[:, 0, 2] = w / width * sign, (2 * left + w) / width - 1  # [-1, 1] coordinates
+    theta[:, 1, 1], theta[:, 1, 2] = h / height, (2 * top + h) / height - 1
+    return theta.float()
 
 
 def transform(x: torch.Tensor, size: int, mean, std, train: bool, generator=None,
               dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> normalised (B, 3, size, size): crop/flip/resize in one grid_sample."""
-    theta = crop_boxes(len(x), train, generator, x.device)
+    if train:
+        theta = random_resized_crop_boxes(len(x), x.shape[-2], x.shape[-1], generator, x.device)
+    else:
+        theta = crop_boxes(len(x), False, generator, x.device)
     grid = F.affine_grid(theta, [len(x), 3, size, size], align_corners=False)
     y = F.grid_sample(x.to(dtype), grid.to(dtype), mode="bilinear", padding_mode="border", align_corners=False)
     mean = torch.tensor(mean, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
@@ -155,22 +192,30 @@ def store_size(image_size: int) -> int:
 
 
 def load(config: Config, image_size: int) -> tuple[Images, Images]:
-    """(train, test) for `config.dataset`; raises UserError when it cannot be found or fetched."""
+    """(train, test) for `config.dataset`, each with its `source`; raises UserError when it cannot be
+    found or fetched, or when train and test would be the same data."""
     name = config.dataset
     if name == "synthetic":
-        return synthetic(config)
-    if name == "planted":
+        train, test = synthetic(config)
+    elif name == "planted":
         from .planted import planted_task
 
-        return planted_task(config)
-    if name.startswith("folder:"):
-        return _folder(Path(name[len("folder:"):]), config, image_size)
-    if name in LOCAL_ONLY:
+        train, test = planted_task(config)
+    elif name.startswith("folder:"):
+        train, test = _folder(Path(name[len("folder:"):]), config, image_size)
+    elif name in LOCAL_ONLY:
         raise UserError(f"{name} has no torchvision loader: pass --dataset folder:PATH with PATH/train and PATH/test")
-    if name not in TORCHVISION:
+    elif name not in TORCHVISION:
         raise UserError(f"unknown dataset {name!r}: choose one of {', '.join([*TORCHVISION, 'synthetic', 'planted'])} "
                         "or folder:PATH")
-    return _torchvision(name, config, image_size)
+    else:
+        train, test = _torchvision(name, config, image_size)
+    for split, d in (("train", train), ("test", test)):
+        d.source = d.source or _memory_source(f"{name}-{split}", d)
+    if train.source["digest"] == test.source["digest"]:
+        raise UserError(f"--dataset {name}: the train and test splits hold the same images "
+                        f"(digest {train.source['digest']})")
+    return train, test
 
 
 def _open_torchvision(name: str, root: Path, kwargs: dict):
@@ -189,13 +234,25 @@ def _open_torchvision(name: str, root: Path, kwargs: dict):
                         f"put it under --data-root or run once with network") from None
 
 
+def file_list(ds) -> tuple[list[str], list[int]]:
+    """The (paths, labels) of a torchvision image-file dataset, in its order, without calling its
+    `__getitem__` (whose transforms differ between classes: OxfordIIITPet applies `transforms`)."""
+    if hasattr(ds, "samples"):  # ImageFolder, EuroSAT
+        return [str(p) for p, _ in ds.samples], [int(y) for _, y in ds.samples]
+    for attr in ("_image_files", "_images"):  # Food101, Flowers102, FGVCAircraft, DTD / OxfordIIITPet
+        if hasattr(ds, attr) and hasattr(ds, "_labels"):
+            return [str(p) for p in getattr(ds, attr)], [int(y) for y in ds._labels]
+    raise UserError(f"torchvision's {type(ds).__name__} keeps no file list this version of adaptertune "
+                    "knows: use --dataset folder:PATH, or a torchvision version it was tested with")
+
+
 def _torchvision(name: str, config: Config, image_size: int) -> tuple[Images, Images]:
     root = Path(config.data_root)
     _, train_kw, test_kw = TORCHVISION[name]
     if test_kw is None:
-        full = _decode(_open_torchvision(name, root, train_kw), root, f"{name}-all", config, image_size)
+        full = _decode(_open_torchvision(name, root, train_kw), f"{name}-all", root, config, image_size)
         train_idx, test_idx = split_indices(len(full), 0.2, seed=0)
-        return _subset(full, train_idx), _subset(full, test_idx)
+        return _subset(full, train_idx, f"{name}-train"), _subset(full, test_idx, f"{name}-test")
     out = []
     for split, kw in (("train", train_kw), ("test", test_kw)):
         ds = _open_torchvision(name, root, kw)
@@ -205,7 +262,10 @@ def _torchvision(name: str, config: Config, image_size: int) -> tuple[Images, Im
         elif name == "svhn":
             out.append(Images(torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long(), 10))
         else:
-            out.append(_decode(ds, root, f"{name}-{split}", config, image_size))
+            out.append(ds)
+    if not isinstance(out[0], Images):
+        _check_disjoint(name, file_list(out[0])[0], file_list(out[1])[0])
+        out = [_decode(ds, f"{name}-{split}", root, config, image_size) for ds, split in zip(out, ("train", "test"))]
     out[1].num_classes = out[0].num_classes = max(out[0].num_classes, out[1].num_classes)
     return out[0], out[1]
 
@@ -216,51 +276,47 @@ def _folder(path: Path, config: Config, image_size: int) -> tuple[Images, Images
     test_dir = next((path / s for s in ("test", "val") if (path / s).is_dir()), None)
     if not (path / "train").is_dir() or test_dir is None:
         raise UserError(f"--dataset folder:{path}: expected {path}/train/<class>/... and {path}/test (or val)/<class>/...")
-    train, test = ImageFolder(str(path / "train")), ImageFolder(str(test_dir))
+    try:
+        train, test = ImageFolder(str(path / "train")), ImageFolder(str(test_dir))
+    except (FileNotFoundError, OSError) as e:
+        raise UserError(f"--dataset folder:{path}: {str(e).splitlines()[0]}") from None
     if train.classes != test.classes:
         raise UserError(f"--dataset folder:{path}: train and {test_dir.name} have different classes")
-    tag = path.resolve().as_posix().strip("/").replace("/", "_")
-    return (_decode(train, path, f"{tag}-train", config, image_size),
-            _decode(test, path, f"{tag}-{test_dir.name}", config, image_size))
+    _check_disjoint(f"folder:{path}", file_list(train)[0], file_list(test)[0])
+    return (_decode(train, f"{path.resolve().name}-train", path, config, image_size),
+            _decode(test, f"{path.resolve().name}-{test_dir.name}", path, config, image_size))
 
 
-def _decode(ds, root: Path, tag: str, config: Config, image_size: int) -> Images:
-    """Decode an image-file dataset once into a square uint8 cache; memory-map it afterwards."""
-    from torchvision import transforms as T
+def _check_disjoint(name: str, train_files: list[str], test_files: list[str]) -> None:
+    shared = {os.path.realpath(p) for p in train_files} & {os.path.realpath(p) for p in test_files}
+    if shared:
+        raise UserError(f"--dataset {name}: {len(shared)} image files are in both train and test, "
+                        f"e.g. {min(shared)}")
 
-    size = store_size(image_size)
-    cache = Path(config.data_root) / "adaptertune-cache" / f"{tag}-{size}"
-    images_path, labels_path = cache.with_suffix(".images.npy"), cache.with_suffix(".labels.npy")
-    if not (images_path.exists() and labels_path.exists()):
-        ds.transform = T.Compose([T.Resize(size), T.CenterCrop(size), T.PILToTensor()])
-        loader = torch.utils.data.DataLoader(ds, batch_size=256, num_workers=config.workers,
-                                             collate_fn=_stack)
-        images = np.lib.format.open_memmap(_tmp(images_path), mode="w+", dtype=np.uint8,
-                                           shape=(len(ds), 3, size, size))
-        labels, i = np.empty(len(ds), dtype=np.int64), 0
-        for x, y in loader:
-            images[i:i + len(x)], labels[i:i + len(x)] = x.numpy(), y.numpy()
-            i += len(x)
-        images.flush()
-        del images
-        np.save(_tmp(labels_path), labels)
-        _tmp(images_path).replace(images_path)
-        _tmp(labels_path).replace(labels_path)
-    labels = torch.from_numpy(np.load(labels_path))
+
+def _decode(ds, split: str, root: Path, config: Config, image_size: int) -> Images:
+    """The image files of `ds` through the content-keyed decode cache (cache.py)."""
+    files, labels = file_list(ds)
+    if not files:
+        raise UserError(f"{split}: no images under {root}")
+    d = decode_files(files, labels, name=split, root=root, cache_dir=Path(config.data_root) / "adaptertune-cache",
+                     size=store_size(image_size), workers=config.workers,
+                     skip_corrupt=config.skip_corrupt)
     classes = getattr(ds, "classes", None)
-    num_classes = len(classes) if classes else int(labels.max()) + 1
-    return Images(np.load(images_path, mmap_mode="r"), labels, num_classes)
+    num_classes = len(classes) if classes else max(labels) + 1
+    return Images(d.images, torch.from_numpy(d.labels), num_classes, d.source)
 
 
-def _tmp(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(path.name + ".tmp.npy")
+def _memory_source(split: str, data: Images) -> dict:
+    """The `source` of an in-memory split: its size and a digest of its pixels and labels."""
+    h = hashlib.sha256(np.ascontiguousarray(torch.as_tensor(data.images).cpu().numpy()))
+    h.update(np.ascontiguousarray(data.labels.cpu().numpy().astype(np.int64)))
+    return {"split": split, "images": len(data), "digest": h.hexdigest()[:16]}
 
 
-def _stack(batch):
-    return torch.stack([x for x, _ in batch]), torch.tensor([y for _, y in batch])
-
-
-def _subset(data: Images, idx: np.ndarray) -> Images:
+def _subset(data: Images, idx: np.ndarray, split: str) -> Images:
     images = data.images[idx] if isinstance(data.images, np.ndarray) else data.images[torch.from_numpy(idx)]
-    return Images(images, data.labels[torch.from_numpy(idx)], data.num_classes)
+    h = hashlib.sha256(f"{data.source['digest']}\n".encode())
+    h.update(np.ascontiguousarray(idx, dtype=np.int64))
+    source = {**data.source, "split": split, "images": len(idx), "digest": h.hexdigest()[:16]}
+    return Images(images, data.labels[torch.from_numpy(idx)], data.num_classes, source)

@@ -181,7 +181,8 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
     runs.write_json(run_dir / "config.json", {**c.to_dict(), "resolved": {
         "device": str(t.device), "precision": t.precision, "input_size": t.size, "lr": t.lr,
         "mean": t.mean, "std": t.std, "num_classes": t.train_all.num_classes,
-        "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(t.test)}, "env": environment()})
+        "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(t.test),
+        "data": {"train": t.train_images.source, "test": t.test_images.source}}, "env": environment()})
     feat_idx = data.feature_indices(len(t.test), c.feature_samples)
 
     steps_per_epoch = math.ceil(len(train_idx) / c.batch_size)
