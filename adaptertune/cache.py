@@ -133,7 +133,7 @@ def _decode(files, stem: Path, key: str, size: int, workers: int, skip_corrupt: 
             path = tmp()
             short = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(kept, 3, size, size))
             for start in range(0, kept, 1024):
-                short[start:start + 1024] = images[start:start + 1024]
+                short[start:start + 1024] = images[start:min(start + 1024, kept)]
             short.flush()
             del short
         images.flush()
