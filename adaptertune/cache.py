@@ -46,17 +46,25 @@ def file_digest(files: list, labels: list[int], *, name: str, root, size: int) -
     resize method and every file's resolved path, byte size, mtime (ns) and label, in order."""
     slot = hashlib.sha256(json.dumps([FORMAT, name, os.path.realpath(root), size]).encode()).hexdigest()
     h = hashlib.sha256(f"{slot}\n{RESIZE}\n".encode())
-    dirs: dict[str, str] = {}  # realpath once per folder, not per file
-    for path, label in zip(files, labels, strict=True):
-        folder, base = os.path.split(os.fspath(path))
-        if folder not in dirs:
-            dirs[folder] = os.path.realpath(folder)
+    for path, real, label in zip(files, resolved(files), labels, strict=True):
         try:
             st = os.stat(path)
         except OSError as e:
             raise UserError(f"cannot read image {path}: {e.strerror or e}") from None
-        h.update(f"{dirs[folder]}/{base}\0{st.st_size}\0{st.st_mtime_ns}\0{int(label)}\n".encode())
+        h.update(f"{real}\0{st.st_size}\0{st.st_mtime_ns}\0{int(label)}\n".encode())
     return slot, h.hexdigest()
+
+
+def resolved(files: list) -> list[str]:
+    """Each file's path with its folder's symlinks resolved (realpath once per folder, not per file)."""
+    dirs: dict[str, str] = {}
+    out = []
+    for path in files:
+        folder, base = os.path.split(os.fspath(path))
+        if folder not in dirs:
+            dirs[folder] = os.path.realpath(folder)
+        out.append(os.path.join(dirs[folder], base))
+    return out
 
 
 def decode_files(files: list, labels: list[int], *, name: str, root, cache_dir, size: int,

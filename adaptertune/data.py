@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .cache import decode_files
+from .cache import decode_files, resolved
 from .config import Config
 from .errors import UserError
 
@@ -250,24 +249,18 @@ def _torchvision(name: str, config: Config, image_size: int) -> tuple[Images, Im
     root = Path(config.data_root)
     _, train_kw, test_kw = TORCHVISION[name]
     if test_kw is None:
-        full = _decode(_open_torchvision(name, root, train_kw), f"{name}-all", root, config, image_size)
+        ds = _open_torchvision(name, root, train_kw)
+        full = image_files(*file_list(ds), len(ds.classes), f"{name}-all", root, config, image_size)
         train_idx, test_idx = split_indices(len(full), 0.2, seed=0)
         return _subset(full, train_idx, f"{name}-train"), _subset(full, test_idx, f"{name}-test")
-    out = []
-    for split, kw in (("train", train_kw), ("test", test_kw)):
-        ds = _open_torchvision(name, root, kw)
-        if name.startswith("cifar"):  # already uint8 arrays in memory
-            x = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-            out.append(Images(x, torch.tensor(ds.targets), len(ds.classes)))
-        elif name == "svhn":
-            out.append(Images(torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long(), 10))
-        else:
-            out.append(ds)
-    if not isinstance(out[0], Images):
-        _check_disjoint(name, file_list(out[0])[0], file_list(out[1])[0])
-        out = [_decode(ds, f"{name}-{split}", root, config, image_size) for ds, split in zip(out, ("train", "test"))]
-    out[1].num_classes = out[0].num_classes = max(out[0].num_classes, out[1].num_classes)
-    return out[0], out[1]
+    train, test = (_open_torchvision(name, root, kw) for kw in (train_kw, test_kw))
+    if name.startswith("cifar"):  # already uint8 arrays in memory
+        return tuple(Images(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets),
+                            len(ds.classes)) for ds in (train, test))
+    if name == "svhn":
+        return tuple(Images(torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long(), 10) for ds in (train, test))
+    num_classes = max(len(getattr(ds, "classes", ())) for ds in (train, test)) or None
+    return image_file_splits(name, file_list(train), file_list(test), num_classes, root, config, image_size)
 
 
 def _folder(path: Path, config: Config, image_size: int) -> tuple[Images, Images]:
@@ -282,28 +275,30 @@ def _folder(path: Path, config: Config, image_size: int) -> tuple[Images, Images
         raise UserError(f"--dataset folder:{path}: {str(e).splitlines()[0]}") from None
     if train.classes != test.classes:
         raise UserError(f"--dataset folder:{path}: train and {test_dir.name} have different classes")
-    _check_disjoint(f"folder:{path}", file_list(train)[0], file_list(test)[0])
-    return (_decode(train, f"{path.resolve().name}-train", path, config, image_size),
-            _decode(test, f"{path.resolve().name}-{test_dir.name}", path, config, image_size))
+    return image_file_splits(f"folder:{path}", file_list(train), file_list(test), len(train.classes), path, config,
+                             image_size, names=(f"{path.resolve().name}-train", f"{path.resolve().name}-{test_dir.name}"))
 
 
-def _check_disjoint(name: str, train_files: list[str], test_files: list[str]) -> None:
-    shared = {os.path.realpath(p) for p in train_files} & {os.path.realpath(p) for p in test_files}
+def image_file_splits(name: str, train: tuple[list, list], test: tuple[list, list], num_classes: int | None,
+                      root: Path, config: Config, image_size: int, names: tuple[str, str] | None = None
+                      ) -> tuple[Images, Images]:
+    """Train and test from their (paths, labels), refused when a file is in both; `num_classes`
+    None: one more than the largest label."""
+    shared = set(resolved(train[0])) & set(resolved(test[0]))
     if shared:
-        raise UserError(f"--dataset {name}: {len(shared)} image files are in both train and test, "
-                        f"e.g. {min(shared)}")
+        raise UserError(f"--dataset {name}: {len(shared)} image files are in both train and test, e.g. {min(shared)}")
+    num_classes = num_classes or max(max(train[1], default=0), max(test[1], default=0)) + 1
+    names = names or (f"{name}-train", f"{name}-test")
+    return tuple(image_files(*split, num_classes, n, root, config, image_size) for split, n in zip((train, test), names))
 
 
-def _decode(ds, split: str, root: Path, config: Config, image_size: int) -> Images:
-    """The image files of `ds` through the content-keyed decode cache (cache.py)."""
-    files, labels = file_list(ds)
+def image_files(files: list, labels: list[int], num_classes: int, split: str, root: Path, config: Config,
+                image_size: int) -> Images:
+    """A split given as image files and labels, through the content-keyed decode cache (cache.py)."""
     if not files:
         raise UserError(f"{split}: no images under {root}")
     d = decode_files(files, labels, name=split, root=root, cache_dir=Path(config.data_root) / "adaptertune-cache",
-                     size=store_size(image_size), workers=config.workers,
-                     skip_corrupt=config.skip_corrupt)
-    classes = getattr(ds, "classes", None)
-    num_classes = len(classes) if classes else max(labels) + 1
+                     size=store_size(image_size), workers=config.workers, skip_corrupt=config.skip_corrupt)
     return Images(d.images, torch.from_numpy(d.labels), num_classes, d.source)
 
 
