@@ -114,7 +114,7 @@ def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
     w, h = torch.sqrt(area * aspect).round(), torch.sqrt(area / aspect).round()  # half to even, as round()
     fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
-    first = fits.to(torch.uint8).argmax(1, keepdim=True)  # the first attempt that fits
+    first = fits.int().argmax(1, keepdim=True)  # the first attempt that fits (argmax: the first maximum)
     w, h, found = w.gather(1, first)[:, 0], h.gather(1, first)[:, 0], fits.any(1)
     in_ratio = width / height  # the fallback: the whole image, ratio clamped to the range
     if in_ratio < min(ratio):
