@@ -14,11 +14,13 @@ The wrapped module stays inside its wrapper (PEFT-style wrap and replace); nothi
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 from torch import nn
 
 from .config import parse_blocks
+from .errors import UserError
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "identity": nn.Identity}
 
@@ -78,23 +80,53 @@ class Parallel(nn.Module):
 
 def add_adapters(model: nn.Module, rank: int, placement: str = "block", blocks: str = "all",
                  init: str = "zero", activation: str = "gelu", scale: float = 1.0) -> list[Adapter]:
-    """Wrap the chosen blocks of a timm ViT in place; returns the new adapters (one per block)."""
+    """Wrap the chosen blocks of a timm ViT in place; returns the new adapters (one per block).
+
+    Raises UserError, before changing the model, when the options would leave the run without an
+    adapter that trains: a blocks spec that selects no block of this depth, a placement the blocks
+    do not have (e.g. `attn` on a block without `ls1`), a rank below 1 or a scale of 0.
+    """
+    chosen = check_adapters(model, rank, placement, blocks, scale)
     dim = model.embed_dim
     adapters = []
-    for i in parse_blocks(blocks, depth=len(model.blocks)):
+    for i in chosen:
         block = model.blocks[i]
         adapter = Adapter(dim, rank, init, activation, scale)
         if placement == "block":
             model.blocks[i] = Residual(block, adapter)
         elif placement in ("attn", "mlp"):
-            name = "ls1" if placement == "attn" else "ls2"
+            name = _SLOT[placement]
             setattr(block, name, Residual(getattr(block, name), adapter))
-        elif placement == "parallel":
-            block.mlp = Parallel(block.mlp, adapter)
         else:
-            raise ValueError(f"unknown placement {placement!r}")
+            block.mlp = Parallel(block.mlp, adapter)
         adapters.append(adapter)
     return adapters
+
+
+_SLOT = {"attn": "ls1", "mlp": "ls2", "parallel": "mlp"}  # the submodule each placement wraps
+
+
+def check_adapters(model: nn.Module, rank: int, placement: str, blocks: str, scale: float) -> list[int]:
+    """The block indices `add_adapters` would adapt; UserError naming the option that cannot take effect."""
+    if rank < 1:
+        raise UserError(f"--rank {rank}: an adapter needs rank >= 1")
+    if not math.isfinite(scale) or scale == 0:
+        raise UserError(f"--scale {scale:g}: the adapter's output would be {'zero' if scale == 0 else 'not finite'}, "
+                        "so it could not train; use a finite non-zero scale")
+    if placement not in ("block", *_SLOT):
+        raise UserError(f"--placement {placement!r}: choose one of block, {', '.join(_SLOT)}")
+    depth = len(model.blocks)
+    chosen = parse_blocks(blocks, depth=depth)
+    if not chosen:
+        raise UserError(f"--blocks {blocks}: selects no block of this {depth}-block backbone, so no adapter "
+                        f"would be added (every:K needs K <= {depth})")
+    name = _SLOT.get(placement)
+    lacking = [i for i in chosen if name and not isinstance(getattr(model.blocks[i], name, None), nn.Module)]
+    if lacking:
+        kind = type(model.blocks[lacking[0]]).__name__
+        raise UserError(f"--placement {placement}: block {lacking[0]} ({kind}) has no `{name}` submodule to adapt; "
+                        "use --placement block")
+    return chosen
 
 
 def adapters_of(model: nn.Module) -> list[Adapter]:

@@ -99,3 +99,49 @@ def test_block_selection(blocks, expected):
     add_adapters(model, rank=2, blocks=blocks)
     wrapped = [i for i, b in enumerate(model.blocks) if any(isinstance(m, Adapter) for m in b.modules())]
     assert wrapped == expected
+
+
+# -- options that cannot take effect are refused before any run starts -----------------------------------
+
+NO_EFFECT = [  # (flags, what the one error line names); vit_nano has 3 blocks
+    (["--blocks", "every:4"], "--blocks every:4: selects no block of this 3-block backbone"),
+    (["--blocks", "every:9"], "--blocks every:9: selects no block"),
+    (["--scale", "0"], "--scale 0: the adapter's output would be zero"),
+    (["--scale", "nan"], "not finite"),
+]
+
+
+@pytest.mark.parametrize("flags, message", NO_EFFECT)
+def test_options_that_add_no_trainable_adapter_exit_2_with_one_line(tmp_path, capsys, flags, message):
+    from adaptertune.cli import main
+
+    out = tmp_path / "runs"
+    argv = ["train", "--out", str(out), "--dataset", "synthetic", "--backbone", "vit_nano", "--weights", "none",
+            "--train-samples", "40", "--test-samples", "20", "--feature-samples", "8", "--epochs", "1",
+            "--batch-size", "16", "--workers", "0", *flags]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+    assert not list(out.rglob("summary.json")) and not list(out.rglob("config.json"))  # no run was written
+
+
+def test_every_k_within_the_depth_still_adapts_the_last_of_every_k_blocks():
+    model = create_backbone("vit_nano", "none", num_classes=3)
+    assert len(model.blocks) == 3
+    adapters = add_adapters(model, rank=2, blocks="every:3")
+    assert len(adapters) == 1 and model.blocks[2].adapter is adapters[0]
+
+
+@pytest.mark.parametrize("placement, slot", [("attn", "ls1"), ("mlp", "ls2")])
+def test_a_placement_the_blocks_lack_is_refused_and_the_model_left_alone(placement, slot):
+    from timm.models.vision_transformer import ResPostBlock, VisionTransformer
+
+    from adaptertune.errors import UserError
+
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, num_classes=3,
+                              block_fn=ResPostBlock)  # post-norm blocks: no ls1 / ls2 to wrap
+    before = [type(b) for b in model.blocks]
+    with pytest.raises(UserError, match=f"--placement {placement}: block 0 \\(ResPostBlock\\) has no `{slot}`"):
+        add_adapters(model, rank=2, placement=placement)
+    assert [type(b) for b in model.blocks] == before and not adapters_of(model)
+    assert len(add_adapters(model, rank=2, placement="parallel")) == 2  # it does have an mlp
