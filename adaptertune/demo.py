@@ -83,12 +83,13 @@ def headline(results: dict, planted_rank: int) -> list[str]:
         seeds = f"{shared[0]} directions shared across seeds, " if shared else ""
         lines.append(f"spectrum: adapter r={top} shifts: {seeds}95% of the energy in {rank95:.0f} directions "
                      f"(median over seeds); planted k* = {planted_rank}")
-    by_method = {t["method"]: t for t in results["overview"]}
-    adapters = [t for t in by_method.values() if t["method"].startswith("adapter")]
-    if adapters:
-        best = max(adapters, key=lambda t: t["val_acc1"])  # rank chosen on validation, not test
+    table = results["overview"]
+    pair = (table[0]["dataset"], table[0]["backbone"]) if table else None
+    rows = [t for t in table if (t["dataset"], t["backbone"]) == pair]
+    best = next((t for t in rows if t["chosen"]), None)  # the report's choice on validation (ties: the smaller rank)
+    if best:
         parts = [f"adapter ({best['method']}, chosen on val) {best['test_acc1']:.2f}"]
-        parts += [f"{m} {by_method[m]['test_acc1']:.2f}" for m in ("head", "full") if m in by_method]
+        parts += [f"{t['method']} {t['test_acc1']:.2f}" for t in rows if t["method"] in ("head", "full")]
         lines.append("test acc1 (mean over seeds): " + ", ".join(parts))
     return lines
 

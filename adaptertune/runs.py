@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import Config
 from .errors import UserError
 
 FINISHED = ("complete", "diverged")  # a sweep does not rerun these; "failed" is retried
@@ -119,6 +120,11 @@ class Run:
     def id(self) -> str:
         return self.path.name
 
+    @property
+    def key(self) -> str:
+        """`Config.config_key()` of this run: equal exactly for the seeds of one configuration."""
+        return Config.from_dict(self.config).config_key()
+
     def features(self) -> dict[str, np.ndarray]:
         """The arrays of features.safetensors; raises UserError if missing or unreadable."""
         path = self.path / "features.safetensors"
@@ -140,8 +146,8 @@ class Run:
             "run": self.id, "path": str(self.path),
             "dataset": c.get("dataset"), "backbone": c.get("backbone"), "method": c.get("method"),
             "rank": c.get("rank") if c.get("method") == "adapter" else None,
-            "placement": c.get("placement"), "blocks": c.get("blocks"), "init": c.get("init"),
-            "seed": c.get("seed"), "status": s.get("status"),
+            **{k: c.get(k) for k in ("placement", "blocks", "init", "activation", "scale")},
+            "seed": c.get("seed"), "key": self.key, "status": s.get("status"),
             **{k: s.get(k) for k in ("test_acc1", "test_acc5", "best_val_acc1", "trainable_params",
                                      "total_params", "trainable_fraction", "train_seconds")},
         }

@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptertune import runs
 from adaptertune.analysis import capacity, significance, spectrum
 from adaptertune.analysis.capacity_fit import p_text
 from adaptertune.analysis.tables import text_table
@@ -84,20 +83,13 @@ def validate(k: int, out: Path, quick: bool = False, log=print) -> dict:
 
 
 def adapter_vs_head(runs_dir: Path) -> tuple[int, np.ndarray, np.ndarray]:
-    """(rank, adapter test acc (seeds,), head test acc (seeds,)): the adapter rank with the best mean
-    validation accuracy (ties: the smaller rank; as `analysis.significance` selects it), paired by seed.
-
-    Selected here because the significance table selects only default-variant adapters, and the demo's
-    adapters are `blocks=last:1`."""
-    rows = [r for r in runs.discover(runs_dir).rows() if r.get("test_acc1") is not None]
-    adapters = [r for r in rows if r["method"] == "adapter"]
-    val = {rank: np.mean([r["best_val_acc1"] for r in adapters if r["rank"] == rank])
-           for rank in {r["rank"] for r in adapters}}
-    chosen = min(rank for rank, v in val.items() if v == max(val.values()))
-    head = {r["seed"]: r["test_acc1"] for r in rows if r["method"] == "head"}
-    adapter = {r["seed"]: r["test_acc1"] for r in adapters if r["rank"] == chosen}
-    seeds = sorted(set(head) & set(adapter))
-    return chosen, np.array([adapter[s] for s in seeds]), np.array([head[s] for s in seeds])
+    """(rank, adapter test acc (seeds,), head test acc (seeds,)): the rank that `analysis.significance`
+    selects on validation for the demo's adapter sweep (`groups.choose_rank`: the highest mean
+    best_val_acc1, ties to the smaller rank; the report and the demo headline choose the same), paired by seed."""
+    table = significance.load_table(runs_dir)
+    (dataset, backbone, sweep), (rank, _) = sorted(table.selected.items())[0]  # the demo has one sweep
+    x, y, _, _ = significance.paired_values(table, (dataset, backbone), sweep, "head")
+    return rank, x, y
 
 
 def _f(v, fmt=".1f") -> str:

@@ -277,8 +277,8 @@ def test_command_fits_groups_writes_files_and_names_what_it_skipped(make_run, tm
     runs = tmp_path / "runs"
     assert main(["analyze", "capacity", str(runs), "--bootstrap", "100", "--delta", "0.5"]) == 0
     out = capsys.readouterr().out
-    assert "cifar100/vit_small_patch16_224/block/zero" in out and "elbow" in out and "p_dimin" in out
-    assert "skipped group cifar100/vit_small_patch16_224/attn/zero: needs at least 3 distinct ranks" in out
+    assert "cifar100/vit_small_patch16_224/adapter " in out and "elbow" in out and "p_dimin" in out
+    assert "skipped group cifar100/vit_small_patch16_224/adapter-attn: needs at least 3 distinct ranks" in out
     assert "no numeric test_acc1" in out
 
     folder = runs / "analysis"
@@ -294,7 +294,7 @@ def test_command_fits_groups_writes_files_and_names_what_it_skipped(make_run, tm
     assert {m["model"] for m in g["models"]} == set(cap.FAMILIES)      # spectral too: spectrum from the full runs
     assert g["predicted_elbow"] is not None and "full fine-tuning, 2 seed(s)" in g["prediction"]["source"]
     reasons = {s.get("group") or s.get("run"): s["reason"] for s in report["skipped"]}
-    assert "cifar100/vit_small_patch16_224/attn/zero" in reasons
+    assert "cifar100/vit_small_patch16_224/adapter-attn" in reasons
     with open(folder / "capacity.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == len(cap.FAMILIES) and sum(r["best"] == "True" for r in rows) == 1 and rows[0]["elbow"]

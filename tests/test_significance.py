@@ -182,7 +182,7 @@ def test_adapter_rank_is_selected_on_validation_never_on_test():
             ("c", "b", "head", None): [60.0, 61.0, 60.5]}
     val = {("c", "b", "adapter", 4): 90.0, ("c", "b", "adapter", 8): 85.0}   # r4 is best on validation
     table = sig.table_from_rows(rows(vals, val=val))
-    assert table.selected[("c", "b")] == (4, 90.0)
+    assert table.selected[("c", "b", "adapter")] == (4, 90.0)
     assert table.values(("c", "b"), "adapter") == {0: 70.0, 1: 71.0, 2: 70.5}
 
 
@@ -251,7 +251,7 @@ def test_command_prints_a_verdict_per_claim_and_writes_json_csv_and_latex(make_r
     assert code == 0, err
     assert "[supported] beats-head" in out and "[supported] gain" in out and "[supported] rank" in out
     assert "[supported] vs-full" in out          # adapter is 3 points above full, noise 0.3, t-test
-    assert "adapter = per pair, the rank with the best mean validation accuracy" in out
+    assert "adapter = per pair, the rank with the highest mean validation accuracy over seeds; on a tie, the smaller rank" in out
     report = json.loads((tmp_path / "runs" / "analysis" / "significance.json").read_text())
     keys = {"dataset", "backbone", "a", "b", "n", "mean_diff", "ci", "p_t", "p_perm", "p_adj", "hedges_g",
             "min_p", "verdict"}
@@ -447,7 +447,7 @@ def test_elbow_claim_reads_the_capacity_reports_intervals(make_run, tmp_path, mo
     from adaptertune.analysis import capacity
 
     study(make_run, seeds=(0, 1))
-    groups = [{"dataset": d, "backbone": b, "elbow": 8.0, "elbow_ci": [6.0, 12.0]} for d in DATASETS for b in BACKBONES]
+    groups = [{"dataset": d, "backbone": b, "sweep": "adapter", "elbow": 8.0, "elbow_ci": [6.0, 12.0]} for d in DATASETS for b in BACKBONES]
     calls = []
 
     def fake(runs_dir, out_dir, **options):
@@ -470,15 +470,18 @@ def test_elbow_claim_reads_the_capacity_reports_intervals(make_run, tmp_path, mo
         evaluate_claim(claim(kind="elbow", at_most=16.0), table)
 
 
-def test_ablation_runs_get_their_own_labels_and_never_enter_rank_selection():
+def test_ablation_runs_get_their_own_labels_and_their_own_rank_selection():
     base = {"dataset": "c", "backbone": "b", "method": "adapter", "seed": 0, "test_acc1": 70.0}
     table = sig.table_from_rows([
         {**base, "rank": 16, "best_val_acc1": 70.0},
         {**base, "rank": 16, "placement": "attn", "best_val_acc1": 99.0, "test_acc1": 90.0},
         {**base, "rank": 8, "init": "small", "blocks": "every:2", "best_val_acc1": 99.0},
     ])
-    assert table.labels() == ["adapter", "adapter-r8-every2-small", "adapter-r16", "adapter-r16-attn"]
-    assert table.selected[("c", "b")] == (16, 70.0)
+    assert table.labels() == ["adapter", "adapter-attn", "adapter-every2-small", "adapter-r16", "adapter-r16-attn",
+                              "adapter-r8-every2-small"]
+    assert table.selected == {("c", "b", "adapter"): (16, 70.0), ("c", "b", "adapter-attn"): (16, 99.0),
+                              ("c", "b", "adapter-every2-small"): (8, 99.0)}
+    assert table.values(("c", "b"), "adapter-attn") == {0: 90.0}
     with pytest.raises(sig.UserError, match="two runs for c/b/head seed 0"):
         sig.table_from_rows([{**base, "method": "head", "rank": None}] * 2)
 

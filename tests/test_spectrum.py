@@ -305,11 +305,11 @@ def test_command_prints_table_writes_files_and_names_skipped_runs(sweep, capsys)
     assert [(b["block"], b["significant"]) for b in blocks] == [(0, 1), (1, 2)]
     assert {s["run"] for s in report["skipped"]} == {
         "planted-vit_nano-adapter-r8-s0", "planted-vit_nano-adapter-r16-s0", "planted-vit_nano-adapter-r32-s0"}
-    by_rank = {(b["method"], b["rank"]): b for b in report["by_rank"]}
-    assert by_rank[("adapter", 4)]["runs"] == 2 and by_rank[("adapter", 4)]["significant"] == 3
+    by_rank = {(b["label"], b["rank"]): b for b in report["by_rank"]}
+    assert by_rank[("adapter-r4", 4)]["runs"] == 2 and by_rank[("adapter-r4", 4)]["significant"] == 3
     # the two seeds of each rank planted unrelated directions: nothing is shared
     shared = {g["group"]: g for g in report["shared"]}
-    assert set(shared) == {"planted-vit_nano-adapter-r2", "planted-vit_nano-adapter-r4"}
+    assert set(shared) == {"planted/vit_nano adapter-r2", "planted/vit_nano adapter-r4"}
     assert all(g["shared"] == 0 and g["shared_seeds"] == 2 for g in shared.values())
 
     lines = (folder / "spectrum.csv").read_text().splitlines()

@@ -1,7 +1,7 @@
 """Fit the excess-risk capacity model to rank sweeps: accuracy vs adapter rank, its elbow, its tests.
 
-`adaptertune analyze capacity RUNS` (`analyze_runs`): adapter runs are grouped by dataset,
-backbone and adapter configuration (`KEY`) across ranks and seeds; each group's sweep is fitted
+`adaptertune analyze capacity RUNS` (`analyze_runs`): adapter runs are grouped into sweeps, one
+configuration across ranks and seeds (`groups.sweep_key`); each sweep is fitted
 (`capacity_fit.fit_sweep`: model families, bootstrap intervals, elbow, trend tests — the model
 is described there) and, where a spectrum of the task's feature shift exists (full fine-tuning
 runs, else the highest-rank adapter runs), compared with the curve that spectrum predicts. Writes
@@ -21,13 +21,13 @@ from ..errors import UserError
 from ..runs import _plain as plain   # JSON-safe: arrays to lists, NaN/inf to None
 from .capacity_fit import (DELTA, HORIZON, SpectrumPrediction, SweepFit, fit_sweep, p_text, predict_from_spectrum,
                            rank_grid)
+from . import groups
 from .tables import markdown_table, output_folder, text_table, write_csv
 
 
 # -- run directories -> groups -----------------------------------------------------------------------------
 
-KEY = ("dataset", "backbone", "placement", "init", "blocks", "activation", "scale")
-_DEFAULT_KEY = {"placement": "block", "init": "zero", "blocks": "all", "activation": "gelu", "scale": 1.0}
+SHOWN = ("dataset", "backbone", "placement", "init", "blocks", "activation", "scale")  # columns of a group
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,15 +57,8 @@ class GroupResult:
 
 
 def group_label(key: dict) -> str:
-    """dataset/backbone/placement/init, plus blocks, activation and scale where not the default."""
-    extra = [f"{k}={key[k]}" for k in ("blocks", "activation", "scale")
-             if key.get(k) is not None and key[k] != _DEFAULT_KEY[k]]
-    return "/".join(str(key.get(k)) for k in KEY[:4]) + "".join(f" {e}" for e in extra)
-
-
-def _key(run) -> dict:
-    c = run.config
-    return {k: c.get(k) for k in KEY}
+    """dataset/backbone/sweep label (`groups`: "adapter", or what differs from the reference, "adapter-attn")."""
+    return f"{key.get('dataset')}/{key.get('backbone')}/{key.get('sweep')}"
 
 
 def _number(value) -> float | None:
@@ -76,12 +69,14 @@ def _number(value) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def collect(found) -> tuple[dict[tuple, list], list[dict], list[str]]:
-    """Adapter runs grouped by KEY: ({key tuple: [(rank, seed, acc, run)]}, skipped, notes)."""
-    groups: dict[tuple, list] = {}
+def collect(found) -> tuple[dict[str, list], list[dict], list[str]]:
+    """Adapter runs grouped by sweep (`groups.sweep_key`: one configuration up to the rank):
+    ({sweep key: [(rank, seed, acc, run, sweep label)]}, skipped, notes)."""
+    sweeps: dict[str, list] = {}
     skipped = [{"run": p.name, "reason": why} for p, why in found.skipped]
     seen: dict[tuple, str] = {}
     others = {}
+    labels = dict(zip((r.path for r in found.runs), groups.labels([r.config for r in found.runs])))
     for run in found.runs:
         method = run.config.get("method")
         if method != "adapter":
@@ -96,16 +91,21 @@ def collect(found) -> tuple[dict[tuple, list], list[dict], list[str]]:
         elif rank is None or rank < 1 or not isinstance(seed, int):
             skipped.append({"run": run.id, "reason": "config.json lacks an adapter rank >= 1 or an integer seed"})
         else:
-            key = tuple(_key(run)[k] for k in KEY)
+            key = groups.sweep_key(run.config)
             if (key, rank, seed) in seen:
                 skipped.append({"run": run.id, "reason": f"duplicate of {seen[key, rank, seed]} (same rank and seed)"})
                 continue
             seen[key, rank, seed] = run.id
-            groups.setdefault(key, []).append((rank, seed, acc, run))
+            sweeps.setdefault(key, []).append((rank, seed, acc, run, groups.split(labels[run.path])[0]))
     notes = [f"{n} {m} run(s) are not part of a rank sweep"
              + (" (their features serve the spectrum)" if m == "full" else "")
              for m, n in sorted(others.items(), key=lambda kv: str(kv[0]))]
-    return groups, skipped, notes
+    return sweeps, skipped, notes
+
+
+def _columns(members: list, key: str) -> dict:
+    c = members[0][3].config
+    return {**{k: c.get(k) for k in SHOWN}, "sweep": members[0][4], "key": key}
 
 
 def group_tail(members: list, runs: list, cache: dict | None = None) -> tuple[np.ndarray | None, str, str | None]:
@@ -192,7 +192,7 @@ class CapacityReport:
     def markdown(self) -> str:
         o = self.options
         lines = ["## Capacity: accuracy vs adapter rank", "",
-                 f"Each sweep (adapter runs grouped by dataset, backbone, placement and init) is fitted by "
+                 f"Each sweep (adapter runs of one configuration but the rank, across seeds) is fitted by "
                  f"least squares with every seed as a replicate: a saturating power law A − B·r^−α, an "
                  f"exponential saturation A − B·e^(−r/ρ), a finite-rank shift A − B·max(0, 1 − r/κ) (κ equal "
                  f"directions: the rise stops at κ) and, where a spectrum of the feature shift exists, "
@@ -293,14 +293,15 @@ def analyze_runs(runs_dir, out_dir, *, delta: float = DELTA, n_boot: int = 1000,
         raise UserError(f"--delta must be > 0 (got {delta:g}), --horizon >= 1 (got {horizon:g}) "
                         f"and --bootstrap >= 10 (got {n_boot})")
     found = discover(runs_dir)
-    groups, skipped, notes = collect(found)
+    sweeps, skipped, notes = collect(found)
     rng = np.random.default_rng(seed)
     results, tails = [], {}
-    order = sorted(groups, key=lambda k: (str(k[0]), str(k[1]),
-                                          sum(dict(zip(KEY, k))[f] != v for f, v in _DEFAULT_KEY.items()), str(k)))
+    columns = {key: _columns(members, key) for key, members in sweeps.items()}
+    order = sorted(sweeps, key=lambda k: (str(columns[k]["dataset"]), str(columns[k]["backbone"]),
+                                          groups.order(columns[k]["sweep"])))
     for key in order:
-        members = sorted(groups[key], key=lambda m: (m[0], m[1]))
-        key_d = dict(zip(KEY, key))
+        members = sorted(sweeps[key], key=lambda m: (m[0], m[1]))
+        key_d = columns[key]
         ranks, seeds, acc = (np.array([m[i] for m in members]) for i in range(3))
         tail, source, why = group_tail(members, found.runs, tails)
         try:

@@ -29,13 +29,12 @@ import numpy as np
 from scipy import stats
 
 from ..errors import UserError
-from .significance import (CORRECTIONS, DEFAULT_VARIANT, TEST_NAMES, TESTS, UNDERPOWERED, Comparison, Table,
+from .significance import (CORRECTIONS, TEST_NAMES, TESTS, UNDERPOWERED, Comparison, Table,
                            adjust, best_adjusted, compare, hierarchical_bootstrap, paired_values, sign_flip_test,
                            t_pvalue)
 from .tables import p_value
 
 KINDS = ("better_all", "mean_diff", "wins", "monotone", "elbow")
-_CAPACITY_DEFAULT = {**DEFAULT_VARIANT, "activation": "gelu", "scale": 1.0}  # capacity's reference configuration
 
 
 @dataclass(frozen=True)
@@ -444,9 +443,9 @@ def _claim_elbow(claim: Claim, table: Table, s: _Settings, rng) -> ClaimResult:
     with tempfile.TemporaryDirectory() as tmp:  # the capacity analysis' own files are not ours to write
         groups = capacity.analyze_runs(s.runs_dir, Path(tmp), plot=False).to_dict()["groups"]
     found = {}
-    for g in groups:  # the reference configuration of each pair; ablation sweeps are not the claim's
-        if all(g.get(k) in (None, v) for k, v in _CAPACITY_DEFAULT.items()):
-            found.setdefault((g.get("dataset"), g.get("backbone")), g)
+    for g in groups:  # the reference sweep of each pair (the table's "adapter"); other sweeps are not the claim's
+        if g.get("sweep") == "adapter":
+            found[(g.get("dataset"), g.get("backbone"))] = g
     rows, lost = [], []
     for p in scope:
         g = found.get(p)

@@ -15,36 +15,52 @@ import numpy as np
 
 from .. import runs
 from ..errors import UserError
+from . import groups
 from .tables import markdown_table, output_folder
 
 SECTIONS = ("spectrum", "capacity", "significance")
 
 
-def method_label(row: dict) -> str:
-    return f"adapter-r{row['rank']}" if row["method"] == "adapter" else row["method"]
-
-
 def overview(rows: list[dict]) -> list[dict]:
-    """Mean / sd / n of test accuracy (and mean val accuracy) per (dataset, backbone, method label)."""
-    groups = defaultdict(list)
+    """Mean / sd / n of test accuracy and mean val accuracy per configuration (`groups`: one row per
+    dataset, backbone and config key), in `groups.order`; rows: `groups.labelled_rows(runs)`.
+
+    Each adapter sweep's rank chosen on validation (`groups.choose_rank`) has "chosen": True.
+    """
+    cells = defaultdict(list)
     for r in rows:
         if r.get("test_acc1") is not None:
-            groups[(r["dataset"], r["backbone"], method_label(r), r["rank"] or 0)].append(r)
+            cells[(r["dataset"], r["backbone"], r["key"])].append(r)
     out = []
-    for (dataset, backbone, label, _), rs in sorted(groups.items()):
+    for (dataset, backbone, key), rs in cells.items():
         acc = np.array([r["test_acc1"] for r in rs], dtype=float)
-        out.append({"dataset": dataset, "backbone": backbone, "method": label, "n": len(acc),
-                    "test_acc1": float(acc.mean()),
-                    "val_acc1": float(np.mean([r["best_val_acc1"] for r in rs])), "sd": float(acc.std(ddof=1)) if len(acc) > 1 else None,
-                    "trainable_fraction": rs[0].get("trainable_fraction")})
+        val = [r.get("best_val_acc1") for r in rs]
+        fractions = {r.get("trainable_fraction") for r in rs}
+        out.append({"dataset": dataset, "backbone": backbone, "method": rs[0]["label"], "rank": rs[0]["rank"],
+                    "key": key, "n": len(acc), "seeds": sorted(r["seed"] for r in rs if r["seed"] is not None),
+                    "test_acc1": float(acc.mean()), "sd": float(acc.std(ddof=1)) if len(acc) > 1 else None,
+                    "val_acc1": None if None in val else float(np.mean(val)),
+                    "trainable_fraction": fractions.pop() if len(fractions) == 1 else None, "chosen": False})
+    out.sort(key=lambda t: (str(t["dataset"]), str(t["backbone"]), groups.order(t["method"])))
+    sweeps = defaultdict(dict)
+    for t in out:
+        if t["rank"] is not None:
+            sweeps[(t["dataset"], t["backbone"], groups.split(t["method"])[0])][t["rank"]] = t
+    for cands in sweeps.values():
+        if all(t["val_acc1"] is not None for t in cands.values()):
+            cands[groups.choose_rank({r: t["val_acc1"] for r, t in cands.items()})]["chosen"] = True
     return out
 
 
 def _overview_markdown(table: list[dict]) -> str:
-    rows = [[t["dataset"], t["backbone"], t["method"], str(t["n"]),
+    rows = [[t["dataset"], t["backbone"], t["method"] + (" *" if t["chosen"] else ""), str(t["n"]),
              f"{t['test_acc1']:.2f}" + (f" ± {t['sd']:.2f}" if t["sd"] is not None else ""),
+             "—" if t["val_acc1"] is None else f"{t['val_acc1']:.2f}",
              f"{100 * t['trainable_fraction']:.2f}%" if t["trainable_fraction"] is not None else "—"] for t in table]
-    return markdown_table(["dataset", "backbone", "method", "seeds", "test acc1 (%)", "trainable / full"], rows)
+    return (markdown_table(["dataset", "backbone", "method", "seeds", "test acc1 (%)", "val acc1 (%)",
+                            "trainable / full"], rows)
+            + f"\n\nOne row per configuration (its seeds pooled, nothing else); labels name what differs from the "
+              f"reference protocol. * the rank chosen on validation within its sweep: {groups.TIE_RULE}.")
 
 
 def build(runs_dir: Path, out_dir: Path, *, claims: Path | None = None, title: str = "adaptertune report",
@@ -59,7 +75,7 @@ def build(runs_dir: Path, out_dir: Path, *, claims: Path | None = None, title: s
     if not found.runs:
         raise UserError(f"{runs_dir}: no complete runs to report on")
     out_dir.mkdir(parents=True, exist_ok=True)
-    table = overview(found.rows())
+    table = overview(groups.labelled_rows(found.runs))
     results: dict = {"overview": table}
     parts = [f"# {title}", intro, f"Runs: {len(found.runs)} complete from `{runs_dir}`"
              + (f"; {len(found.skipped)} skipped." if found.skipped else "."), "## Test accuracy",

@@ -41,6 +41,7 @@ from scipy import stats
 
 from .. import runs
 from ..errors import UserError
+from . import groups
 from .tables import markdown_table, output_folder, p_value, text_table, write_csv
 
 if TYPE_CHECKING:
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 TESTS = ("perm", "t")  # the test behind verdicts: exact permutation (default) or t-test
 CORRECTIONS = ("holm", "fdr_bh", "bonferroni", "none")
 UNDERPOWERED = "inconclusive (underpowered)"
-DEFAULT_VARIANT = {"placement": "block", "blocks": "all", "init": "zero"}
 TEST_NAMES = {"perm": "permutation test", "t": "t-test"}  # sign-flip (paired) or two-sample; exact up to 16 units
 
 
@@ -392,8 +392,9 @@ def aggregate(units: list[tuple], pair_names: list[str], a: str, b: str, *, rng:
 
 @dataclass(frozen=True)
 class Table:
-    """Metric values by (dataset, backbone, label) -> {seed: value}; "adapter" is the rank selected
-    on validation per pair (`selected`: (dataset, backbone) -> (rank, mean best_val_acc1))."""
+    """Metric values by (dataset, backbone, label) -> {seed: value}, one configuration per label; each
+    sweep's label without the rank ("adapter", "adapter-attn") is the rank selected on validation per
+    pair (`selected`: (dataset, backbone, sweep label) -> (rank, mean best_val_acc1))."""
     metric: str
     cells: dict
     selected: dict
@@ -405,49 +406,34 @@ class Table:
 
     def labels(self, pair: tuple[str, str] | None = None) -> list[str]:
         found = {lab for d, b, lab in self.cells if pair is None or (d, b) == pair}
-        return sorted(found, key=_label_key)
+        return sorted(found, key=groups.order)
 
     def values(self, pair: tuple[str, str], label: str) -> dict[int, float]:
         return self.cells.get((*pair, label), {})
 
-    def ranks(self, pair: tuple[str, str]) -> list[int]:
-        """Adapter ranks of the default variant run on this pair, ascending."""
-        return _ranks(self.labels(pair))
-
-
-def _ranks(labels) -> list[int]:
-    return sorted(int(lab[9:]) for lab in labels if lab.startswith("adapter-r") and lab[9:].isdigit())
-
-
-def _label_key(label: str):
-    if label == "adapter":
-        return (0, 0, "")
-    if label.startswith("adapter-r"):
-        rank, _, rest = label[9:].partition("-")
-        return (1, int(rank) if rank.isdigit() else 0, rest)
-    return ({"full": 2, "head": 3}.get(label, 4), 0, label)
-
-
-def _label(row: dict) -> str:
-    if row["method"] != "adapter":
-        return str(row["method"])
-    if row.get("rank") is None:
-        raise UserError(f"{row.get('run') or row['dataset']}: an adapter row without a rank")
-    extra = [str(row[k]).replace(":", "") for k, v in DEFAULT_VARIANT.items() if row.get(k) not in (None, "", v)]
-    return "-".join([f"adapter-r{int(row['rank'])}", *extra])
+    def ranks(self, pair: tuple[str, str], sweep: str = "adapter") -> list[int]:
+        """Adapter ranks of `sweep` (default: the reference configuration) run on this pair, ascending."""
+        return sorted(r for s, r in map(groups.split, self.labels(pair)) if s == sweep and r is not None)
 
 
 def table_from_rows(rows: list[dict], metric: str = "test_acc1", source: Path | None = None,
                     notes: tuple = ()) -> Table:
     """Build a Table from tidy rows (dicts with dataset, backbone, method, rank, seed, the metric and
-    best_val_acc1). Rows whose status is set and not "complete", or whose metric is missing, are
-    left out with a note; two rows for the same (dataset, backbone, label, seed) are an error."""
-    cells, val, origin, dropped = {}, {}, {}, 0
+    best_val_acc1, and optionally any config field, or their "label": `groups.labelled_rows`). Rows
+    whose status is set and not "complete", or whose metric is missing, are left out with a note;
+    two rows for the same (dataset, backbone, label, seed) are an error."""
+    kept, dropped = [], 0
     for row in rows:
         if row.get("status") not in (None, "", "complete") or row.get(metric) in (None, ""):
             dropped += 1
-            continue
-        key = (str(row["dataset"]), str(row["backbone"]), _label(row))
+        elif row["method"] == "adapter" and row.get("rank") in (None, ""):
+            raise UserError(f"{row.get('run') or row['dataset']}: an adapter row without a rank")
+        else:
+            kept.append(row)
+    labels = [row["label"] for row in kept] if all("label" in row for row in kept) else groups.labels(kept)
+    cells, val, origin = {}, {}, {}
+    for row, label in zip(kept, labels):
+        key = (str(row["dataset"]), str(row["backbone"]), label)
         if row.get("seed") is None:
             raise UserError(f"{row.get('run') or '/'.join(key)}: no seed")
         seed = int(row["seed"])
@@ -461,21 +447,21 @@ def table_from_rows(rows: list[dict], metric: str = "test_acc1", source: Path | 
     if not cells:
         raise UserError(f"no runs with {metric} in {source or 'the table'}")
     notes = tuple(notes) + ((f"left out {dropped} rows that are not complete or lack {metric}",) if dropped else ())
+    sweeps: dict[tuple, dict] = {}
+    for (d, b, lab), seeds in val.items():
+        sweep, rank = groups.split(lab)
+        if rank is not None:
+            sweeps.setdefault((d, b, sweep), {})[rank] = (
+                None if None in seeds.values() else float(np.mean(list(seeds.values()))))
     selected = {}
-    for d, b in sorted({(d, b) for d, b, _ in cells}):
-        cands = {}
-        for (dd, bb, lab), seeds in val.items():
-            if (dd, bb) == (d, b) and lab.startswith("adapter-r") and lab[9:].isdigit():
-                if all(v is not None for v in seeds.values()):
-                    cands[int(lab[9:])] = float(np.mean(list(seeds.values())))
-        ranks = _ranks(lab for dd, bb, lab in cells if (dd, bb) == (d, b))
-        if ranks and len(cands) == len(ranks):
-            best = max(cands.values())
-            rank = min(r for r, v in cands.items() if v == best)
-            selected[(d, b)] = (rank, best)
-            cells[(d, b, "adapter")] = cells[(d, b, f"adapter-r{rank}")]
-        elif ranks:
-            notes += (f"{d}/{b}: no adapter rank selected (best_val_acc1 missing); name a rank (adapter-rN)",)
+    for (d, b, sweep), by_rank in sorted(sweeps.items()):
+        if None in by_rank.values():
+            notes += (f"{d}/{b}: no rank of {sweep} selected (best_val_acc1 missing); name a rank "
+                      f"({groups.ranked(sweep, min(by_rank))})",)
+            continue
+        rank = groups.choose_rank(by_rank)
+        selected[(d, b, sweep)] = (rank, by_rank[rank])
+        cells[(d, b, sweep)] = cells[(d, b, groups.ranked(sweep, rank))]
     return Table(metric, cells, selected, source, notes)
 
 
@@ -484,7 +470,8 @@ CSV_COLUMNS = ("dataset", "backbone", "method", "rank", "seed")
 
 def read_csv(path: Path, metric: str = "test_acc1") -> list[dict]:
     """Tidy rows from a CSV with columns dataset, backbone, method, rank (empty unless adapter), seed,
-    the metric, and optionally best_val_acc1, placement, blocks, init, status."""
+    the metric, and optionally best_val_acc1, status and any config field (placement, blocks, init,
+    activation, scale, lr, ...: a configuration is every such field but the seed, `groups`)."""
     path = Path(path)
     try:
         with open(path, newline="") as f:
@@ -524,7 +511,7 @@ def load_table(source: Path, metric: str = "test_acc1") -> Table:
     notes = tuple(f"skipped {p}: {why}" for p, why in found.skipped[:20])
     if len(found.skipped) > 20:
         notes += (f"... and {len(found.skipped) - 20} more skipped",)
-    return table_from_rows(found.rows(), metric, source=source, notes=notes)
+    return table_from_rows(groups.labelled_rows(found.runs), metric, source=source, notes=notes)
 
 
 def paired_values(table: Table, pair: tuple[str, str], a: str, b: str,
@@ -554,7 +541,7 @@ class SignificanceReport:
     correction: str
     n_boot: int
     seed: int
-    selected: tuple                 # dicts {"dataset", "backbone", "rank", "val_acc1"}
+    selected: tuple                 # dicts {"dataset", "backbone", "label" (the sweep), "rank", "val_acc1"}
     comparisons: tuple              # Comparison, two-sided, corrected over all of them
     aggregates: tuple               # Aggregate per method pair
     claims: tuple = ()              # ClaimResult
@@ -564,8 +551,8 @@ class SignificanceReport:
     def to_dict(self) -> dict:
         return {"metric": self.metric, "alpha": self.alpha, "test": self.test, "correction": self.correction,
                 "n_boot": self.n_boot, "seed": self.seed,
-                "selection": "adapter = per pair, the rank with the highest mean best_val_acc1 over seeds "
-                             "(validation only; test accuracy is never used to select)",
+                "selection": "adapter (and each sweep's label without the rank) = per pair, the rank with "
+                             f"{groups.TIE_RULE} (validation only; test accuracy is never used to select)",
                 "selected": list(self.selected), "comparisons": [c.to_dict() for c in self.comparisons],
                 "aggregates": [a.to_dict() for a in self.aggregates],
                 "claims": [c.to_dict() for c in self.claims], "notes": list(self.notes),
@@ -598,14 +585,16 @@ class SignificanceReport:
     def _selected_text(self) -> str:
         by_rank = {}
         for sel in self.selected:
-            by_rank[sel["rank"]] = by_rank.get(sel["rank"], 0) + 1
-        return ", ".join(f"r{r} on {k} pair{'s' * (k > 1)}" for r, k in sorted(by_rank.items())) or "none"
+            key = (groups.order(sel["label"]), sel["label"], sel["rank"])
+            by_rank[key] = by_rank.get(key, 0) + 1
+        return ", ".join(f"{'' if lab == 'adapter' else lab + ' '}r{r} on {k} pair{'s' * (k > 1)}"
+                         for (_, lab, r), k in sorted(by_rank.items())) or "none"
 
     def table(self) -> str:
         """Plain text: selection, pairwise comparisons, aggregates, one verdict per claim."""
         out = [f"significance of {self.metric}: verdicts by the {TEST_NAMES[self.test]}, "
                f"{self.correction} correction over {len(self.comparisons)} comparisons, alpha = {self.alpha}",
-               f"adapter = per pair, the rank with the best mean validation accuracy (test accuracy never used): "
+               f"adapter = per pair, the rank with {groups.TIE_RULE} (test accuracy never used): "
                f"{self._selected_text()}"]
         for n in sorted({c.n for c in self.comparisons if c.paired}):
             c = next(c for c in self.comparisons if c.paired and c.n == n)
@@ -626,7 +615,7 @@ class SignificanceReport:
         out = ["## Significance", "",
                f"Metric `{self.metric}`; verdicts by the {TEST_NAMES[self.test]} with {self.correction} "
                f"correction over {len(self.comparisons)} comparisons at alpha = {self.alpha}. "
-               "`adapter` is the rank with the best mean validation accuracy per pair "
+               f"`adapter` is the rank with {groups.TIE_RULE}, per pair "
                f"({self._selected_text()}); test accuracy is never used to select. A result is "
                "*inconclusive (underpowered)* when no data with this many seeds could reach alpha.", ""]
         if self.comparisons:
@@ -674,11 +663,11 @@ def _tex(s: str) -> str:
 # -- entry points ----------------------------------------------------------------------------------
 
 def _default_labels(table: Table) -> list[str]:
-    """The selected adapter and every baseline; a sweep of adapters alone compares its ranks."""
+    """Each sweep's selected adapter and every baseline; a sweep of adapters alone compares its ranks."""
     labels = table.labels()
-    adapters = [lab for lab in labels if lab.startswith("adapter-r")]
-    others = [lab for lab in labels if not lab.startswith("adapter")]
-    chosen = (["adapter"] if "adapter" in labels else adapters) + others
+    adapters = [lab for lab in labels if groups.split(lab)[1] is not None]
+    selected = [lab for lab in labels if lab.startswith("adapter") and groups.split(lab)[1] is None]
+    chosen = (selected or adapters) + [lab for lab in labels if not lab.startswith("adapter")]
     return chosen if len(chosen) >= 2 else adapters
 
 
@@ -720,8 +709,8 @@ def analyze(table: Table, claims: list[Claim] = (), *, alpha: float = 0.05, test
     results = [evaluate_claim(c, table, alpha=alpha, test=test, correction=correction, n_boot=n_boot, seed=seed,
                               allow_unpaired=allow_unpaired, runs_dir=runs_dir, index=i)
                for i, c in enumerate(claims)]
-    selected = tuple({"dataset": d, "backbone": b, "rank": r, "val_acc1": v}
-                     for (d, b), (r, v) in sorted(table.selected.items()))
+    selected = tuple({"dataset": d, "backbone": b, "label": lab, "rank": r, "val_acc1": v}
+                     for (d, b, lab), (r, v) in sorted(table.selected.items()))
     return SignificanceReport(table.metric, alpha, test, correction, n_boot, seed, selected, tuple(comps),
                               tuple(aggs), tuple(results), table.notes)
 

@@ -39,6 +39,7 @@ import numpy as np
 import scipy.linalg
 
 from ..errors import UserError
+from . import groups
 from .tables import markdown_table, output_folder, text_table, write_csv
 
 LEVELS = (0.9, 0.95, 0.99)  # energy shares reported as rank90 / rank95 / rank99
@@ -524,7 +525,8 @@ _TABLE = (("run", "run", "{}"), ("n", "n", "{}"), ("d", "d", "{}"), ("eff.rank",
 _BLOCK_TABLE = (("run", "run", "{}"), ("block", "block", "{}"), ("eff.rank", "effective_rank", "{:.2f}"),
                 ("rank90", "rank90", "{}"), ("rank95", "rank95", "{}"), ("rank99", "rank99", "{}"),
                 ("signif.", "significant", "{}"), ("rec.rank", "recommended_rank", "{}"))
-_RANK_TABLE = (("method", "method", "{}"), ("rank", "rank", "{}"), ("runs", "runs", "{}"),
+_RANK_TABLE = (("dataset", "dataset", "{}"), ("backbone", "backbone", "{}"), ("configuration", "label", "{}"),
+               ("runs", "runs", "{}"),
                ("eff.rank", "effective_rank", "{:.2f}"), ("± sd", "effective_rank_sd", "{:.2f}"),
                ("signif.", "significant", "{:.1f}"), ("rec.rank", "recommended_rank", "{:.1f}"),
                ("util.", "utilization", "{:.2f}"))
@@ -541,7 +543,7 @@ _CSV = ("run", "dataset", "backbone", "method", "rank", "seed", "block", "n", "d
 class RunSpectrum:
     """One run's shift spectrum (final features) and, when saved, one per block."""
 
-    row: dict                                   # Run.row(): the run's config columns
+    row: dict                                   # Run.row() with its "label" (groups.labelled_rows)
     spectrum: Spectrum
     blocks: tuple[tuple[int, Spectrum], ...] = ()
 
@@ -575,21 +577,25 @@ class SpectrumReport:
     shared: tuple[dict, ...] = ()                # per group of seeds: {"group", "method", "rank", **Shared.to_dict()}
 
     def by_rank(self) -> list[dict]:
-        """Per (method, adapter rank), across seeds: mean effective rank (and sd), significant, utilization."""
-        groups: dict[tuple, list[RunSpectrum]] = {}
+        """Per configuration with an adapter rank (`groups`: dataset, backbone, config key), across its
+        seeds: mean effective rank (and sd), significant, recommended rank, utilization; in `groups.order`."""
+        cells: dict[tuple, list[RunSpectrum]] = {}
         for r in self.runs:
             if r.row.get("rank"):
-                groups.setdefault((r.row.get("method"), r.row["rank"]), []).append(r)
+                cells.setdefault((r.row.get("dataset"), r.row.get("backbone"), r.row["key"]), []).append(r)
         out = []
-        for (method, rank), members in sorted(groups.items(), key=lambda kv: (str(kv[0][0]), kv[0][1])):
+        for (dataset, backbone, _), members in cells.items():
             erank = np.array([m.spectrum.effective_rank for m in members])
-            out.append({"method": method, "rank": rank, "runs": len(members),
+            rank, label = members[0].row["rank"], members[0].row["label"]
+            out.append({"dataset": dataset, "backbone": backbone, "method": members[0].row.get("method"),
+                        "label": label, "sweep": f"{dataset}/{backbone} {groups.split(label)[0]}",
+                        "rank": rank, "runs": len(members),
                         "effective_rank": float(erank.mean()),
                         "effective_rank_sd": float(erank.std(ddof=1)) if len(members) > 1 else 0.0,
                         "significant": float(np.mean([m.spectrum.significant for m in members])),
                         "recommended_rank": float(np.mean([m.spectrum.recommended_rank for m in members])),
                         "utilization": float(erank.mean() / rank)})
-        return out
+        return sorted(out, key=lambda b: (str(b["dataset"]), str(b["backbone"]), groups.order(b["label"])))
 
     def block_rows(self) -> list[dict]:
         return [{"run": r.row["run"], "block": i, **{k: v for k, v in s.to_dict().items() if k != "singular_values"}}
@@ -611,7 +617,7 @@ class SpectrumReport:
         if self.block_rows():
             parts.append("per block\n" + _text_table(_BLOCK_TABLE, _starred(self.block_rows())))
         if self.by_rank():
-            parts.append("per adapter rank (mean over seeds)\n" + _text_table(_RANK_TABLE, self.by_rank()))
+            parts.append("per configuration with an adapter rank (mean over its seeds)\n" + _text_table(_RANK_TABLE, self.by_rank()))
         if self.shared:
             parts.append(f"directions shared across seeds ({_SHARED_TEXT})\n" + _text_table(_SHARED_TABLE, self.shared))
         if self.flagged():
@@ -630,7 +636,7 @@ class SpectrumReport:
                  f"of the above-noise energy; utilization = effective rank / adapter rank.", "",
                  _markdown_table(_TABLE, _starred(r.summary() for r in self.runs)), ""]
         if self.by_rank():
-            lines += ["Per adapter rank, mean over seeds:", "", _markdown_table(_RANK_TABLE, self.by_rank()), ""]
+            lines += ["Per configuration with an adapter rank, mean over its seeds:", "", _markdown_table(_RANK_TABLE, self.by_rank()), ""]
         if self.shared:
             lines += [f"Directions shared across seeds ({_SHARED_TEXT}):", "",
                       _markdown_table(_SHARED_TABLE, self.shared), ""]
@@ -663,9 +669,9 @@ def analyze_runs(runs_dir, out_dir, *, alpha: float = 0.01, center: bool = True,
     found = discover(runs_dir)
     skipped = [(p.name, why) for p, why in found.skipped]
     results, subsets = [], {}
-    for run in found.runs:
+    for run, row in zip(found.runs, groups.labelled_rows(found.runs)):
         try:
-            results.append(_run_spectrum(run, subsets, alpha=alpha, center=center, energy_target=energy_target))
+            results.append(_run_spectrum(run, row, subsets, alpha=alpha, center=center, energy_target=energy_target))
         except UserError as e:
             skipped.append((run.id, str(e)))
     if not results:
@@ -686,14 +692,14 @@ def analyze_runs(runs_dir, out_dir, *, alpha: float = 0.01, center: bool = True,
 
 
 def _shared_by_group(runs, results, *, alpha: float) -> tuple[dict, ...]:
-    """`shared_directions` of the final shift for every group of >= 2 analysed runs that differ only
-    in their seed (run ids equal up to the "-s{seed}" suffix) and were evaluated on the same samples."""
+    """`shared_directions` of the final shift for every configuration (`groups`: dataset, backbone,
+    config key) with >= 2 analysed seeds evaluated on the same samples."""
     by_id = {run.id: run for run in runs}
-    groups: dict[str, list[RunSpectrum]] = {}
+    cells: dict[tuple, list[RunSpectrum]] = {}
     for r in results:
-        groups.setdefault(re.sub(r"-s\d+$", "", r.row["run"]), []).append(r)
+        cells.setdefault((r.row.get("dataset"), r.row.get("backbone"), r.row["key"]), []).append(r)
     out = []
-    for name, members in groups.items():
+    for (dataset, backbone, _), members in cells.items():
         if len(members) < 2 or not members[0].spectrum.singular_values.any():
             continue
         arrays = [by_id[m.row["run"]].features() for m in members]
@@ -701,12 +707,13 @@ def _shared_by_group(runs, results, *, alpha: float) -> tuple[dict, ...]:
             continue
         shifts = np.stack([np.subtract(a["adapted"], a["frozen"], dtype=np.float64) for a in arrays])
         result = shared_directions(shifts, alpha=alpha)
-        out.append({"group": name, "method": members[0].row.get("method"), "rank": members[0].row.get("rank"),
-                    **result.to_dict()})
+        row = members[0].row
+        out.append({"group": f"{dataset}/{backbone} {row['label']}", "method": row.get("method"),
+                    "rank": row.get("rank"), "key": row["key"], **result.to_dict()})
     return tuple(out)
 
 
-def _run_spectrum(run, subsets: dict, **kw) -> RunSpectrum:
+def _run_spectrum(run, row: dict, subsets: dict, **kw) -> RunSpectrum:
     arrays = run.features()
     missing = [k for k in ("frozen", "adapted") if k not in arrays]
     if missing:
@@ -724,7 +731,7 @@ def _run_spectrum(run, subsets: dict, **kw) -> RunSpectrum:
                 blocks.append((i, spectrum(arrays[name], arrays[f"adapted.block{i}"], **kw)))
             except UserError as e:
                 raise UserError(f"block {i}: {e}") from None
-    return RunSpectrum(run.row(), final, tuple(sorted(blocks, key=lambda b: b[0])))
+    return RunSpectrum(row, final, tuple(sorted(blocks, key=lambda b: b[0])))
 
 
 def _figures(report: SpectrumReport, out_dir: Path) -> list[Path]:
@@ -733,7 +740,8 @@ def _figures(report: SpectrumReport, out_dir: Path) -> list[Path]:
     curves = [{"label": r.row["run"], "method": r.row.get("method"), "rank": r.row.get("rank"),
                "energy": r.spectrum.energy, "cumulative": r.spectrum.cumulative,
                "significant": r.spectrum.significant} for r in report.runs]
-    files = [plots.spectrum_figure(curves, report.by_rank(), out_dir / "spectrum.png")]
+    by_sweep = [{**b, "method": b["sweep"]} for b in report.by_rank()]  # one line per sweep
+    files = [plots.spectrum_figure(curves, by_sweep, out_dir / "spectrum.png")]
     series = [{"label": r.row["run"], "rank": r.row.get("rank"), "blocks": [i for i, _ in r.blocks],
                "effective_rank": [s.effective_rank for _, s in r.blocks],
                "significant": [s.significant for _, s in r.blocks]} for r in report.runs if r.blocks]
