@@ -663,11 +663,13 @@ def _tex(s: str) -> str:
 # -- entry points ----------------------------------------------------------------------------------
 
 def _default_labels(table: Table) -> list[str]:
-    """Each sweep's selected adapter and every baseline; a sweep of adapters alone compares its ranks."""
+    """The selected adapter of the reference sweep ("adapter"; else of every sweep) and every baseline;
+    a sweep of adapters alone compares its ranks. Other sweeps are compared when named (--methods)."""
     labels = table.labels()
     adapters = [lab for lab in labels if groups.split(lab)[1] is not None]
     selected = [lab for lab in labels if lab.startswith("adapter") and groups.split(lab)[1] is None]
-    chosen = (selected or adapters) + [lab for lab in labels if not lab.startswith("adapter")]
+    chosen = (["adapter"] if "adapter" in selected else selected or adapters)
+    chosen += [lab for lab in labels if not lab.startswith("adapter")]
     return chosen if len(chosen) >= 2 else adapters
 
 
