@@ -81,6 +81,8 @@ def test_labels_name_what_differs_and_one_label_is_one_config_key(mixed):
     # other identity fields appear when they vary within a method, unless at the reference value
     assert groups.labels([{"method": "head", "lr": 0.03}, {"method": "head"}, {"method": "adapter", "rank": 4}]) \
         == ["head-lr=0.03", "head", "adapter-r4"]
+    close = [{"method": "adapter", "rank": 4, "scale": v} for v in (0.1, 0.1000001)]  # both print as x0.1
+    assert groups.labels(close) == [f"adapter-r4-x0.1-{groups.config_key(c)}" for c in close]
 
 
 def test_labels_sort_ranks_as_numbers():

@@ -81,15 +81,16 @@ def labels(configs: list[dict]) -> list[str]:
             seen.setdefault((c.dataset, c.backbone, c.method, k), set()).add(json.dumps(v, sort_keys=True))
     out = []
     for c, ident in zip(cfgs, idents):
+        varies = [k for k in ident if k not in _NAMED and k not in VARIANT
+                  and len(seen[c.dataset, c.backbone, c.method, k]) > 1]
         parts = [c.method] + ([f"r{c.rank}"] if c.method == "adapter" else [])
-        shown = [k for k in ident if k in VARIANT or (k not in _NAMED and len(seen[c.dataset, c.backbone, c.method, k]) > 1)]
-        parts += [_part(k, ident[k]) for k in sorted(shown, key=lambda k: k not in VARIANT)
-                  if ident[k] != getattr(_REFERENCE, k)]
+        parts += [_part(k, ident[k]) for k in (*VARIANT, *varies) if k in ident and ident[k] != getattr(_REFERENCE, k)]
         out.append("-".join(parts))
     keys: dict[tuple, set] = {}
     for c, lab in zip(cfgs, out):  # a value's text can hide a difference (1e-7 vs 1.0000001e-7): say so
         keys.setdefault((c.dataset, c.backbone, lab), set()).add(c.config_key())
-    return [lab if len(keys[c.dataset, c.backbone, lab]) == 1 else f"{lab}-{c.config_key()}" for c, lab in zip(cfgs, out)]
+    return [lab if len(keys[c.dataset, c.backbone, lab]) == 1 else f"{lab}-{c.config_key()}"
+            for c, lab in zip(cfgs, out)]
 
 
 def labelled_rows(runs) -> list[dict]:

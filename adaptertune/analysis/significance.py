@@ -615,7 +615,7 @@ class SignificanceReport:
         out = ["## Significance", "",
                f"Metric `{self.metric}`; verdicts by the {TEST_NAMES[self.test]} with {self.correction} "
                f"correction over {len(self.comparisons)} comparisons at alpha = {self.alpha}. "
-               f"`adapter` is the rank with {groups.TIE_RULE}, per pair "
+               f"`adapter` (and each other sweep's label without its rank) is, per pair, the rank with {groups.TIE_RULE} "
                f"({self._selected_text()}); test accuracy is never used to select. A result is "
                "*inconclusive (underpowered)* when no data with this many seeds could reach alpha.", ""]
         if self.comparisons:

@@ -770,7 +770,10 @@ def _starred(rows) -> list[dict]:
 def _cells(columns, rows) -> tuple[list[str], list[list[str]], str]:
     """(head, rows of strings, alignment) for `columns` (title, key, format) of dict rows; None is "–"."""
     body = [["–" if row.get(key) is None else fmt.format(row.get(key)) for _, key, fmt in columns] for row in rows]
-    return [title for title, _, _ in columns], body, "l" + "r" * (len(columns) - 1)
+    return [title for title, _, _ in columns], body, "".join("l" if key in _NAMES else "r" for _, key, _ in columns)
+
+
+_NAMES = ("run", "dataset", "backbone", "label", "group")  # left-aligned columns
 
 
 def _text_table(columns, rows) -> str:
