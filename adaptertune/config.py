@@ -95,7 +95,7 @@ class Config:
     @property
     def run_id(self) -> str:
         """`{dataset}-{backbone}-{method}[-r{rank}]-s{seed}`, plus what differs from the defaults."""
-        dataset = self.dataset.replace("folder:", "").rstrip("/").split("/")[-1]
+        dataset = self.dataset.replace("folder:", "").rstrip("/").split("/")[-1].replace(":", "-")
         parts = [dataset, self.backbone, self.method]
         if self.method == "adapter":
             parts.append(f"r{self.rank}")

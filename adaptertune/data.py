@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import native
 from .cache import decode_files, resolved
 from .config import Config
 from .errors import UserError
@@ -183,7 +184,7 @@ TORCHVISION = {  # name -> (class, train kwargs, test kwargs)
     "dtd": ("DTD", dict(split="train"), dict(split="test")),
     "eurosat": ("EuroSAT", {}, None),  # one split: a fixed 80/20 train/test cut
 }
-LOCAL_ONLY = {"tiny-imagenet", "imagenet-r"}  # no torchvision loader: use folder:PATH
+NATIVE = ("tiny-imagenet", "imagenet-r", "vtab:<task>")  # no torchvision loader: read as unpacked (native.py)
 
 
 def store_size(image_size: int) -> int:
@@ -202,11 +203,11 @@ def load(config: Config, image_size: int) -> tuple[Images, Images]:
         train, test = planted_task(config)
     elif name.startswith("folder:"):
         train, test = _folder(Path(name[len("folder:"):]), config, image_size)
-    elif name in LOCAL_ONLY:
-        raise UserError(f"{name} has no torchvision loader: pass --dataset folder:PATH with PATH/train and PATH/test")
+    elif native.is_native(name):
+        train, test = _native(name, config, image_size)
     elif name not in TORCHVISION:
-        raise UserError(f"unknown dataset {name!r}: choose one of {', '.join([*TORCHVISION, 'synthetic', 'planted'])} "
-                        "or folder:PATH")
+        raise UserError(f"unknown dataset {name!r}: choose one of "
+                        f"{', '.join([*TORCHVISION, *NATIVE, 'synthetic', 'planted'])} or folder:PATH")
     else:
         train, test = _torchvision(name, config, image_size)
     for split, d in (("train", train), ("test", test)):
@@ -261,6 +262,15 @@ def _torchvision(name: str, config: Config, image_size: int) -> tuple[Images, Im
         return tuple(Images(torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long(), 10) for ds in (train, test))
     num_classes = max(len(getattr(ds, "classes", ())) for ds in (train, test)) or None
     return image_file_splits(name, file_list(train), file_list(test), num_classes, root, config, image_size)
+
+
+def _native(name: str, config: Config, image_size: int) -> tuple[Images, Images]:
+    """Tiny-ImageNet, ImageNet-R, VTAB-1k as they unpack (native.py), through the decode cache."""
+    n = native.splits(name, Path(config.data_root), Path(config.data_root) / "adaptertune-cache", config.skip_corrupt)
+    train, test = image_file_splits(name, n.train, n.test, n.num_classes, n.root, config, image_size, names=n.names)
+    train.source.update(n.train_record)
+    test.source.update(n.test_record)
+    return train, test
 
 
 def _folder(path: Path, config: Config, image_size: int) -> tuple[Images, Images]:

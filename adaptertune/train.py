@@ -172,9 +172,14 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
 
     # config.json + the validation split: written once, reused by a resumed run.
     split_path = run_dir / "split.json"
+    fixed = t.train_images.source.get("val_rows")  # a dataset's own validation rows (VTAB-1k), maybe none
     if split_path.exists():
         val_idx = np.array(json.loads(split_path.read_text())["val"], dtype=np.int64)
         train_idx = np.setdiff1d(np.arange(len(t.train_all)), val_idx)
+    elif fixed is not None:
+        val_idx = np.arange(*fixed, dtype=np.int64)
+        train_idx = np.setdiff1d(np.arange(len(t.train_all)), val_idx)
+        runs.write_json(split_path, {"fixed": t.train_images.source.get("protocol"), "val": val_idx})
     else:
         train_idx, val_idx = data.split_indices(len(t.train_all), c.val_fraction, c.seed)
         runs.write_json(split_path, {"seed": c.seed, "val": val_idx})
@@ -211,11 +216,14 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
             status = "diverged"
             log(f"{run_dir.name}: loss is {tr['loss']} at epoch {epoch}: diverged")
             break
-        val = t.evaluate(t.train_all, val_idx)
         runs.append_line(metrics_path, {"epoch": epoch, "split": "train", **tr})
-        runs.append_line(metrics_path, {"epoch": epoch, "split": "val", **val, "lr": tr["lr"]})
-        if val["acc1"] > best:
-            best, best_state = val["acc1"], trainable_state(t.model)
+        if len(val_idx):
+            val = t.evaluate(t.train_all, val_idx)
+            runs.append_line(metrics_path, {"epoch": epoch, "split": "val", **val, "lr": tr["lr"]})
+            if val["acc1"] > best:
+                best, best_state = val["acc1"], trainable_state(t.model)
+        else:  # no validation split (VTAB-1k's final run): the last epoch's weights
+            val, best_state = {"acc1": float("nan")}, trainable_state(t.model)
         log(f"{run_dir.name} epoch {epoch}/{c.epochs}  train loss {tr['loss']:.4f} acc {tr['acc1']:.2f}  "
             f"val acc {val['acc1']:.2f}  {tr['images_per_s']:.0f} img/s")
         runs.atomic_write(ckpt_path, lambda f: torch.save({
