@@ -223,9 +223,9 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
             if val["acc1"] > best:
                 best, best_state = val["acc1"], trainable_state(t.model)
         else:  # no validation split (VTAB-1k's final run): the last epoch's weights
-            val, best_state = {"acc1": float("nan")}, trainable_state(t.model)
+            val, best_state = None, trainable_state(t.model)
         log(f"{run_dir.name} epoch {epoch}/{c.epochs}  train loss {tr['loss']:.4f} acc {tr['acc1']:.2f}  "
-            f"val acc {val['acc1']:.2f}  {tr['images_per_s']:.0f} img/s")
+            + (f"val acc {val['acc1']:.2f}  " if val else "") + f"{tr['images_per_s']:.0f} img/s")
         runs.atomic_write(ckpt_path, lambda f: torch.save({
             "epoch": epoch, "step": step, "best_val_acc1": best, "best_state": best_state, "frozen": frozen,
             "train_seconds": train_seconds, "trainable": trainable_state(t.model),

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adaptertune import data, native
+from adaptertune import data, native, runs
+from adaptertune.analysis import groups, report
 from adaptertune.cli import main
 from adaptertune.config import Config
 from adaptertune.errors import UserError
@@ -190,6 +191,8 @@ def test_vtab_runs_select_on_val200_or_train_on_all_1000(tmp_path, rng, vtab_siz
         summary = json.loads((run / "summary.json").read_text())
         assert splits == ({"train", "val", "test"} if n_val else {"train", "test"})
         assert (summary["best_val_acc1"] is None) == (n_val == 0) and summary["status"] == "complete"
+    table = {t["dataset"]: t for t in report.overview(groups.labelled_rows(runs.discover(tmp_path / "runs").runs))}
+    assert table["vtab:dtd"]["val_acc1"] is None and table["vtab:dtd:train800"]["val_acc1"] is not None
 
 
 def test_a_vtab_list_naming_a_missing_file_is_one_line(tmp_path, rng, vtab_sizes, capsys):
