@@ -244,8 +244,8 @@ def _list_file(path: Path, name: str) -> tuple[list[str], list[int]]:
     for lineno, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():
             continue
-        file, _, label = line.strip().rpartition(" ")
-        if not file or not label.lstrip("-").isdigit():
+        file, label = (line.rsplit(maxsplit=1) + [""])[:2]
+        if not label.lstrip("-").isdigit():
             raise UserError(f"--dataset {name}: {path} line {lineno}: expected 'path label', got {line[:80]!r}")
         paths.append(str(path.parent / file))
         labels.append(int(label))

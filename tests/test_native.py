@@ -211,6 +211,11 @@ def test_vtab_lists_are_checked_against_the_protocol(tmp_path, rng, vtab_sizes):
         load("vtab:dtdd", tmp_path)
     with pytest.raises(UserError, match="expected vtab:dtd .* or vtab:dtd:train800"):
         load("vtab:dtd:val", tmp_path)
+    test_list = (folder / "test.txt").read_text()
+    (folder / "test.txt").write_text("images/0010.jpg\n" + test_list)
+    with pytest.raises(UserError, match="test.txt line 1: expected 'path label', got 'images/0010.jpg'"):
+        load("vtab:dtd", tmp_path)
+    (folder / "test.txt").write_text(test_list)
     both = (folder / "train800val200.txt").read_text().replace("images/0009.jpg 0", "images/0009.jpg 1")
     (folder / "train800val200.txt").write_text(both)
     with pytest.raises(UserError, match="is not train800.txt \\+ val200.txt"):
