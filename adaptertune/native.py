@@ -155,7 +155,7 @@ def imagenet_r(root: Path, cache_dir: Path, sizes: dict | None) -> NativeSplits:
     if sizes:
         _check_size("imagenet-r", len(wnids), sizes["classes"], "class folders", f"{root}/<wnid>")
         _check_size("imagenet-r", len(files), sizes["images"], "images", f"{root}/<wnid>/")
-    train_idx, test_idx = test_split(len(files), SPLIT_SEED)
+    train_idx, test_idx = draw_test_split(len(files), SPLIT_SEED)
     split_file = Path(cache_dir) / f"imagenet-r-split-seed{SPLIT_SEED}.json"
     _save_split(split_file, root, [files[i] for i in test_idx], len(files))
     pick = lambda idx: ([files[i] for i in idx], [labels[i] for i in idx])  # noqa: E731
@@ -166,7 +166,7 @@ def imagenet_r(root: Path, cache_dir: Path, sizes: dict | None) -> NativeSplits:
                         test_record=record)
 
 
-def test_split(n: int, seed: int, fraction: float = TEST_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+def draw_test_split(n: int, seed: int, fraction: float = TEST_FRACTION) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) indices of n images: `fraction` of them drawn as the test split by `seed`, sorted."""
     perm = np.random.default_rng(seed).permutation(n)
     n_test = round(n * fraction)

@@ -102,8 +102,8 @@ def imagenet_r(root, rng, counts=(6, 4, 5)):
 
 
 def test_imagenet_r_test_split_is_deterministic_by_seed_disjoint_and_a_fifth():
-    a, b = native.test_split(1000, seed=0), native.test_split(1000, seed=0)
-    other = native.test_split(1000, seed=1)
+    a, b = native.draw_test_split(1000, seed=0), native.draw_test_split(1000, seed=0)
+    other = native.draw_test_split(1000, seed=1)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
     assert not np.array_equal(a[1], other[1])
     train, test = a
@@ -121,16 +121,18 @@ def test_imagenet_r_loads_with_its_seeded_split_saved_and_checked(tmp_path, rng,
     split_file = Path(test.source["split_file"])
     saved = json.loads(split_file.read_text())
     assert saved["seed"] == native.SPLIT_SEED == test.source["split_seed"] and len(saved["test"]) == 3
-    files = sorted(str(p.relative_to(root)) for p in root.glob("n*/*"))
-    train_files = sorted(set(files) - set(saved["test"]))
-    assert len(train_files) == 12 and set(saved["test"]) <= set(files)
+    listed = native.imagenet_r(root, split_file.parent, sizes=None)
+    rel = lambda paths: {str(Path(p).relative_to(root)) for p in paths}  # noqa: E731
+    assert rel(listed.test[0]) == set(saved["test"]) and not rel(listed.train[0]) & set(saved["test"])
+    assert rel(listed.train[0]) | rel(listed.test[0]) == {str(p.relative_to(root)) for p in root.glob("n*/*")}
+    assert all(WNIDS[y] == Path(p).parent.name for p, y in zip(*listed.test))
     train2, test2 = load("imagenet-r", root)  # the saved split is read back: same images
     assert test2.source["digest"] == test.source["digest"] and train2.source["digest"] == train.source["digest"]
     write_image(root / WNIDS[0] / "extra.jpg", rng)
     monkeypatch.setattr(native, "IMAGENET_R_SIZES", {"images": 16, "classes": 3})
     with pytest.raises(UserError, match=f"not the folder the test split in {split_file} was drawn from"):
         load("imagenet-r", root)
-    monkeypatch.setattr(native, "IMAGENET_R_SIZES", native.IMAGENET_R_SIZES | {"images": 30_000})
+    monkeypatch.setattr(native, "IMAGENET_R_SIZES", {"images": 30_000, "classes": 3})
     with pytest.raises(UserError, match="expected 30,000 images .* found 16"):
         load("imagenet-r", root)
 
