@@ -176,8 +176,11 @@ def draw_test_split(n: int, seed: int, fraction: float = TEST_FRACTION) -> tuple
 def _save_split(path: Path, root: Path, test_files: list[str], n: int) -> None:
     """Write the test split (paths relative to `root`) once; a later draw that differs is refused."""
     test = sorted(os.path.relpath(f, root) for f in test_files)
-    if path.is_file():
+    try:
         saved = json.loads(path.read_text())
+    except (OSError, ValueError):  # not written yet, or unreadable: (re)write it below
+        saved = None
+    if isinstance(saved, dict):
         if saved.get("test") != test or saved.get("of") != n:
             raise UserError(f"imagenet-r: {root} is not the folder the test split in {path} was drawn from "
                             f"({saved.get('of')} images then, {n} now): restore it, or delete {path} to draw again")
