@@ -1,4 +1,4 @@
-"""The command line: `adaptertune train | analyze {spectrum,capacity,significance} | report | demo`.
+"""The command line: `adaptertune train | analyze {spectrum,capacity,significance} | report | demo | predict`.
 
 Errors a user can cause end in one line on stderr and exit status 2, never a traceback.
 """
@@ -69,6 +69,18 @@ def _demo_parser(sub) -> None:
     p.set_defaults(func=lambda args: demo.run(args.out, planted_rank=args.planted_rank, quick=args.quick))
 
 
+def _predict_parser(sub) -> None:
+    from .inference import predict_command
+
+    p = sub.add_parser("predict", help="top-k class names of image files under a trained run's model",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("run", type=Path, help="a finished run directory (holds adapter.safetensors)")
+    p.add_argument("images", type=Path, nargs="+", help="image files")
+    p.add_argument("--top", type=int, default=5, help="how many classes to print per image")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.set_defaults(func=predict_command)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adaptertune", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -78,6 +90,7 @@ def parser() -> argparse.ArgumentParser:
         _analysis_parser(analyze, name)
     _analysis_parser(sub, "report")
     _demo_parser(sub)
+    _predict_parser(sub)
     return p
 
 

@@ -55,10 +55,14 @@ class Config:
     warmup_epochs: float = _opt(5.0, "linear warmup before the cosine decay")
     clip_grad: float = _opt(1.0, "gradient-norm clipping (0 disables)")
     label_smoothing: float = _opt(0.0, "cross-entropy label smoothing")
+    layer_decay: float = _opt(1.0, "layer-wise lr decay (timm's param_groups_layer_decay; 1 disables), "
+                              "e.g. 0.65-0.75 for full fine-tuning")
     # -- data ----------------------------------------------------------------------------------
     image_size: int = _opt(0, "input resolution (0: the backbone's own, 224 for the reference ViTs)")
     augment: bool = _opt(True, "RandomResizedCrop + flip while training (eval: resize/center crop)")
     val_fraction: float = _opt(0.1, "share of the training set held out for validation, split by --seed")
+    shots: int = _opt(0, "few-shot: train on K images per class drawn by --seed from what validation leaves "
+                         "(0: the whole training split)")
     feature_samples: int = _opt(1024, "test images whose frozen/adapted features are saved (same for every run)")
     block_features: bool = _opt(False, "also save per-block features")
     skip_corrupt: bool = _opt(False, "leave unreadable image files out (counted in config.json) instead of stopping")
@@ -87,6 +91,10 @@ class Config:
         for name in ("epochs", "batch_size", "feature_samples", "num_classes", "train_samples", "test_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
+        if self.shots < 0:
+            raise UserError(f"--shots must be >= 0 (0: all training images), got {self.shots}")
+        if not 0 < self.layer_decay <= 1:
+            raise UserError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         parse_blocks(self.blocks, depth=None)
@@ -105,6 +113,10 @@ class Config:
                     parts.append(getattr(self, name).replace(":", ""))
             if self.scale != default.scale:
                 parts.append(f"x{self.scale:g}")
+        if self.shots:
+            parts.append(f"{self.shots}shot")
+        if self.layer_decay != 1.0:
+            parts.append(f"ld{self.layer_decay:g}")
         parts.append(f"s{self.seed}")
         return "-".join(parts)
 

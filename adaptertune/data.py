@@ -6,14 +6,15 @@ planted) stay in memory; image-file datasets become a list of (path, label) that
 once into a square uint8 cache at `store_size(image_size)` (memory-mapped on later runs).
 Augmentation runs batched on the device in a few kernels: per-image crop boxes drawn exactly as
 torchvision's RandomResizedCrop(scale=(0.08, 1), ratio=(3/4, 4/3)) draws them, a horizontal flip,
-one `grid_sample`, then normalisation. Evaluation takes the central 0.875 of the image (resize 256 / crop 224).
+one `grid_sample`, then normalisation. Evaluation is the model's own resize / centre crop / interpolation
+(preprocess.py).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from . import native
 from .cache import decode_files, resolved
 from .config import Config
 from .errors import UserError
+from .preprocess import Preprocess
 
 EVAL_CROP = 0.875  # resize 256, center crop 224
 
@@ -34,6 +36,7 @@ class Images:
     labels: torch.Tensor  # (N,) int64
     num_classes: int
     source: dict | None = None  # {"split", "images", "digest", ...}: what config.json records
+    classes: list[str] | None = None  # class names, where the dataset has them
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -67,7 +70,7 @@ class Images:
     def to(self, device) -> "Images":
         if isinstance(self.images, np.ndarray):
             return self
-        return Images(self.images.to(device), self.labels, self.num_classes, self.source)
+        return replace(self, images=self.images.to(device))
 
 
 # -- splits ----------------------------------------------------------------------------------------
@@ -79,21 +82,28 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, n
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
+def few_shot_indices(labels: np.ndarray, pool: np.ndarray, shots: int, seed: int) -> np.ndarray:
+    """`shots` indices per class drawn from `pool` (what validation left) by `seed`, sorted.
+
+    Depends on nothing but the labels, the pool, K and the seed: every method of a seed trains on
+    the same images.
+    """
+    rng = np.random.default_rng([seed, shots])
+    picked = []
+    for c in np.unique(labels):
+        members = pool[labels[pool] == c]
+        if len(members) < shots:
+            raise UserError(f"--shots {shots}: class {c} has only {len(members)} training images outside validation")
+        picked.append(rng.choice(members, shots, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
 def feature_indices(n: int, k: int) -> np.ndarray:
     """The fixed evaluation subset whose features every run of a sweep saves (seed 0, not the run's)."""
     return np.sort(np.random.default_rng(0).permutation(n)[: min(k, n)])
 
 
 # -- augmentation ----------------------------------------------------------------------------------
-
-def crop_boxes(n: int, train: bool, generator: torch.Generator | None, device) -> torch.Tensor:
-    """(n, 2, 3) affine maps from output to input coordinates: a crop box per image (+ flip)."""
-    if not train:
-        theta = torch.zeros(n, 2, 3, device=device)
-        theta[:, 0, 0] = theta[:, 1, 1] = EVAL_CROP
-        return theta
-    raise ValueError("training boxes depend on the image's size: use random_resized_crop_boxes")
-
 
 RRC_SCALE, RRC_RATIO, RRC_ATTEMPTS = (0.08, 1.0), (3 / 4, 4 / 3), 10  # torchvision's defaults
 
@@ -136,14 +146,20 @@ def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.
 
 
 def transform(x: torch.Tensor, size: int, mean, std, train: bool, generator=None,
-              dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """uint8 (B, 3, H, W) -> normalised (B, 3, size, size): crop/flip/resize in one grid_sample."""
-    if train:
-        theta = random_resized_crop_boxes(len(x), x.shape[-2], x.shape[-1], generator, x.device)
-    else:
-        theta = crop_boxes(len(x), False, generator, x.device)
+              dtype: torch.dtype = torch.float32, interpolation: str = "bilinear",
+              preprocess: Preprocess | None = None) -> torch.Tensor:
+    """uint8 (B, 3, H, W) -> normalised (B, 3, size, size).
+
+    Training: crop/flip/resize in one grid_sample with the model's `interpolation`. Evaluation:
+    `preprocess` (the model's data config; default: resize 256 / crop 224 bilinear) as timm does it.
+    """
+    if not train:
+        return (preprocess or Preprocess(size, tuple(mean), tuple(std), EVAL_CROP)).eval(x, dtype)
+    theta = random_resized_crop_boxes(len(x), x.shape[-2], x.shape[-1], generator, x.device)
     grid = F.affine_grid(theta, [len(x), 3, size, size], align_corners=False)
-    y = F.grid_sample(x.to(dtype), grid.to(dtype), mode="bilinear", padding_mode="border", align_corners=False)
+    y = F.grid_sample(x.to(dtype), grid.to(dtype), mode=interpolation, padding_mode="border", align_corners=False)
+    if interpolation == "bicubic":
+        y = y.clamp(0, 255)  # bicubic overshoots; a PIL crop would clip to uint8
     mean = torch.tensor(mean, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
     std = torch.tensor(std, device=x.device, dtype=dtype).view(1, 3, 1, 1) * 255
     return (y - mean) / std
@@ -188,6 +204,9 @@ NATIVE = ("tiny-imagenet", "imagenet-r", "vtab:<task>")  # no torchvision loader
 
 
 def store_size(image_size: int) -> int:
+    """Side of the square decode cache. Evaluation resizes this square to the model's own
+    floor(size / crop_pct) (preprocess.py), which is exact when the stored side already equals it;
+    storing at that side (and the model's interpolation) would make the cache depend on crop_pct."""
     return round(image_size / EVAL_CROP)
 
 
@@ -251,17 +270,20 @@ def _torchvision(name: str, config: Config, image_size: int) -> tuple[Images, Im
     _, train_kw, test_kw = TORCHVISION[name]
     if test_kw is None:
         ds = _open_torchvision(name, root, train_kw)
-        full = image_files(*file_list(ds), len(ds.classes), f"{name}-all", root, config, image_size)
+        full = replace(image_files(*file_list(ds), len(ds.classes), f"{name}-all", root, config, image_size),
+                       classes=list(ds.classes))
         train_idx, test_idx = split_indices(len(full), 0.2, seed=0)
         return _subset(full, train_idx, f"{name}-train"), _subset(full, test_idx, f"{name}-test")
     train, test = (_open_torchvision(name, root, kw) for kw in (train_kw, test_kw))
     if name.startswith("cifar"):  # already uint8 arrays in memory
         return tuple(Images(torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(ds.targets),
-                            len(ds.classes)) for ds in (train, test))
+                            len(ds.classes), classes=list(ds.classes)) for ds in (train, test))
     if name == "svhn":
         return tuple(Images(torch.from_numpy(ds.data), torch.from_numpy(ds.labels).long(), 10) for ds in (train, test))
     num_classes = max(len(getattr(ds, "classes", ())) for ds in (train, test)) or None
-    return image_file_splits(name, file_list(train), file_list(test), num_classes, root, config, image_size)
+    splits = image_file_splits(name, file_list(train), file_list(test), num_classes, root, config, image_size)
+    classes = getattr(train, "classes", None)
+    return tuple(replace(d, classes=list(classes) if classes else None) for d in splits)
 
 
 def _native(name: str, config: Config, image_size: int) -> tuple[Images, Images]:
@@ -285,8 +307,9 @@ def _folder(path: Path, config: Config, image_size: int) -> tuple[Images, Images
         raise UserError(f"--dataset folder:{path}: {str(e).splitlines()[0]}") from None
     if train.classes != test.classes:
         raise UserError(f"--dataset folder:{path}: train and {test_dir.name} have different classes")
-    return image_file_splits(f"folder:{path}", file_list(train), file_list(test), len(train.classes), path, config,
-                             image_size, names=(f"{path.resolve().name}-train", f"{path.resolve().name}-{test_dir.name}"))
+    splits = image_file_splits(f"folder:{path}", file_list(train), file_list(test), len(train.classes), path, config,
+                               image_size, names=(f"{path.resolve().name}-train", f"{path.resolve().name}-{test_dir.name}"))
+    return tuple(replace(d, classes=list(train.classes)) for d in splits)
 
 
 def image_file_splits(name: str, train: tuple[list, list], test: tuple[list, list], num_classes: int | None,
@@ -324,4 +347,4 @@ def _subset(data: Images, idx: np.ndarray, split: str) -> Images:
     h = hashlib.sha256(f"{data.source['digest']}\n".encode())
     h.update(np.ascontiguousarray(idx, dtype=np.int64))
     source = {**data.source, "split": split, "images": len(idx), "digest": h.hexdigest()[:16]}
-    return Images(images, data.labels[torch.from_numpy(idx)], data.num_classes, source)
+    return replace(data, images=images, labels=data.labels[torch.from_numpy(idx)], source=source)

@@ -28,13 +28,12 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from timm.data import resolve_model_data_config
 from torch import nn
 
 from .adapters import add_adapters
-from .backbones import create_backbone, input_size
+from .backbones import create_backbone, preprocess
 from .config import Config
-from .data import Images, procedural_images, transform
+from .data import Images, procedural_images
 from .errors import UserError
 
 TASK_SEED = 4321
@@ -160,12 +159,8 @@ def _task_key(c: Config) -> tuple:
 def _teacher(backbone: str, weights: str, image_size: int, num_classes: int, n: int, rank: int, strength: float):
     g = torch.Generator().manual_seed(TASK_SEED)
     pool = task_images(max(round(n / KEEP), n + CALIBRATION), g)
-    size = input_size(backbone, image_size)
     teacher = create_backbone(backbone, weights, num_classes, image_size).eval()
-    dc = resolve_model_data_config(teacher)
-
-    def inputs(images: torch.Tensor) -> torch.Tensor:
-        return transform(images, size, dc["mean"], dc["std"], train=False)
+    inputs = preprocess(backbone, image_size).eval  # the students' own evaluation preprocessing
 
     plant(teacher, rank, strength, inputs(pool[:CALIBRATION]))
     with torch.no_grad():

@@ -17,13 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from timm.data import resolve_model_data_config
 
-from . import __version__, data, runs
+from . import __version__, data, inference, runs
 from .adapters import adapters_disabled
-from .backbones import build_model, input_size, trainable_state
+from .backbones import build_model, describe, head_names, preprocess, trainable_state
 from .config import Config
-from .features import extract
+from .features import PRECISION as FEATURES_PRECISION, extract
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,13 +51,17 @@ def lr_schedule(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
 
 
-def param_groups(model, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: not on biases, norms, position/class embeddings."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 or name.endswith(("pos_embed", "cls_token")) else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model, weight_decay: float, layer_decay: float = 1.0) -> list[dict]:
+    """AdamW groups from the model, by timm's own helpers: no weight decay on biases, norms and what
+    `model.no_weight_decay()` names (position embedding, class / register / distillation tokens).
+    With `layer_decay` < 1, timm's layer-wise lr decay: each group's "lr_scale" is layer_decay ** (depth
+    from the head), by the model's `group_matcher` (the strong full fine-tuning baseline)."""
+    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
+
+    skip = set(model.no_weight_decay()) if hasattr(model, "no_weight_decay") else set()
+    if layer_decay < 1:
+        return param_groups_layer_decay(model, weight_decay, no_weight_decay_list=skip, layer_decay=layer_decay)
+    return param_groups_weight_decay(model, weight_decay, no_weight_decay_list=skip)
 
 
 class Trainer:
@@ -69,20 +72,25 @@ class Trainer:
         self.device = resolve_device(config.device)
         self.precision = config.precision if config.precision != "auto" else (
             "bf16" if self.device.type == "cuda" else "fp32")
-        self.size = input_size(config.backbone, config.image_size)
+        self.pre = preprocess(config.backbone, config.image_size)  # the model's own data config
+        self.size = self.pre.input_size
         train, test = data.load(config, self.size)
         self.train_images, self.test_images = train.to(self.device), test.to(self.device)
         torch.manual_seed(config.seed)
         self.model, self.counts = build_model(config, train.num_classes)
         self.model.to(self.device)
-        dc = resolve_model_data_config(self.model)
-        self.mean, self.std = dc["mean"], dc["std"]
+        self.backbone = describe(self.model, config.backbone, config.weights)
+        self.classes = train.classes or [str(i) for i in range(train.num_classes)]
+        self.mean, self.std = self.pre.mean, self.pre.std
         self.lr = config.lr * config.batch_size / 1024  # linear scaling rule
         fused = self.device.type == "cuda"
-        self.opt = torch.optim.AdamW(param_groups(self.model, config.weight_decay), lr=self.lr, fused=fused)
+        groups = param_groups(self.model, config.weight_decay, config.layer_decay)
+        self.opt = torch.optim.AdamW(groups, lr=self.lr, fused=fused)
         self.forward = torch.compile(self.model) if config.compile else self.model
         # What the loops read: images, or (linear probe without augmentation) backbone features once.
-        self.cached = config.method == "head" and not config.augment and config.cache_features
+        # (Not for distilled DeiT: its two heads read the class and distillation tokens apart.)
+        self.cached = (config.method == "head" and not config.augment and config.cache_features
+                       and len(head_names(self.model)) == 1)
         self.train_all, self.test = self.train_images, self.test_images
         if self.cached:
             self.train_all, self.test = self.feature_cache(train), self.feature_cache(test)
@@ -93,14 +101,15 @@ class Trainer:
 
     def feature_cache(self, images: data.Images) -> data.Images:
         """The pre-logit features of every image (eval crop) as an in-memory `Images` (N, d)."""
-        f = extract(self.model, images, np.arange(len(images)), size=self.size, mean=self.mean, std=self.std,
-                    device=self.device, autocast=self.autocast())["prelogits"]
+        f = extract(self.model, images, np.arange(len(images)), preprocess=self.pre, device=self.device)["prelogits"]
         return data.Images(torch.from_numpy(f).to(self.device), images.labels, images.num_classes)
 
     def inputs(self, x: torch.Tensor, train: bool, generator=None) -> torch.Tensor:
         if self.cached:
             return x
-        return data.transform(x, self.size, self.mean, self.std, train and self.config.augment, generator)
+        if not (train and self.config.augment):
+            return self.pre.eval(x)
+        return data.transform(x, self.size, self.mean, self.std, True, generator, interpolation=self.pre.interpolation)
 
     def train_epoch(self, idx: np.ndarray, epoch: int, step: int, total: int, warmup: int) -> dict:
         """One pass over `idx` in a seeded order; returns the epoch's mean loss/acc and speed."""
@@ -114,7 +123,7 @@ class Trainer:
         start, n_steps = time.perf_counter(), math.ceil(len(order) / c.batch_size)
         for i, (x, y) in enumerate(self.train_all.batches(list(order.split(c.batch_size)), self.device)):
             for group in self.opt.param_groups:
-                group["lr"] = self.lr * lr_schedule(step, total, warmup)
+                group["lr"] = self.lr * lr_schedule(step, total, warmup) * group.get("lr_scale", 1.0)
             with self.autocast():
                 logits = self.forward(self.inputs(x, train=True, generator=aug))
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=c.label_smoothing)
@@ -155,8 +164,8 @@ class Trainer:
                 "seconds": seconds, "images_per_s": n / seconds}
 
     def features(self, idx: np.ndarray) -> dict[str, np.ndarray]:
-        return extract(self.model, self.test_images, idx, size=self.size, mean=self.mean, std=self.std,
-                       device=self.device, autocast=self.autocast(), blocks=self.config.block_features)
+        return extract(self.model, self.test_images, idx, preprocess=self.pre, device=self.device,
+                       blocks=self.config.block_features)
 
 
 def train_run(config: Config, run_dir: Path, log=print) -> dict:
@@ -174,20 +183,28 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
     split_path = run_dir / "split.json"
     fixed = t.train_images.source.get("val_rows")  # a dataset's own validation rows (VTAB-1k), maybe none
     if split_path.exists():
-        val_idx = np.array(json.loads(split_path.read_text())["val"], dtype=np.int64)
-        train_idx = np.setdiff1d(np.arange(len(t.train_all)), val_idx)
-    elif fixed is not None:
-        val_idx = np.arange(*fixed, dtype=np.int64)
-        train_idx = np.setdiff1d(np.arange(len(t.train_all)), val_idx)
-        runs.write_json(split_path, {"fixed": t.train_images.source.get("protocol"), "val": val_idx})
+        split = json.loads(split_path.read_text())
+        val_idx = np.array(split["val"], dtype=np.int64)
+        train_idx = np.array(split["train"], dtype=np.int64) if "train" in split else np.setdiff1d(
+            np.arange(len(t.train_all)), val_idx)
     else:
-        train_idx, val_idx = data.split_indices(len(t.train_all), c.val_fraction, c.seed)
-        runs.write_json(split_path, {"seed": c.seed, "val": val_idx})
+        if fixed is not None:
+            val_idx = np.arange(*fixed, dtype=np.int64)
+            train_idx = np.setdiff1d(np.arange(len(t.train_all)), val_idx)
+            record = {"fixed": t.train_images.source.get("protocol")}
+        else:
+            train_idx, val_idx = data.split_indices(len(t.train_all), c.val_fraction, c.seed)
+            record = {"seed": c.seed}
+        if c.shots:  # K per class from what validation leaves, by the seed alone
+            train_idx = data.few_shot_indices(t.train_all.labels.numpy(), train_idx, c.shots, c.seed)
+        runs.write_json(split_path, {**record, "val": val_idx, **({"train": train_idx} if c.shots else {})})
+    env = environment()
     runs.write_json(run_dir / "config.json", {**c.to_dict(), "resolved": {
         "device": str(t.device), "precision": t.precision, "input_size": t.size, "lr": t.lr,
+        **t.backbone, "preprocess": t.pre.to_dict(), "features_precision": FEATURES_PRECISION,
         "mean": t.mean, "std": t.std, "num_classes": t.train_all.num_classes,
         "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(t.test),
-        "data": {"train": t.train_images.source, "test": t.test_images.source}}, "env": environment()})
+        "data": {"train": t.train_images.source, "test": t.test_images.source}}, "env": env})
     feat_idx = data.feature_indices(len(t.test), c.feature_samples)
 
     steps_per_epoch = math.ceil(len(train_idx) / c.batch_size)
@@ -245,7 +262,7 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
         runs.save_arrays(run_dir / "features.safetensors", arrays)
         runs.save_arrays(run_dir / "adapter.safetensors",
                          {k: v.float().cpu().numpy() for k, v in best_state.items()},
-                         metadata={"config": json.dumps(c.to_dict())})
+                         metadata=inference.metadata(c, t.backbone["model"], t.classes, t.pre, env))
         summary.update(test_acc1=test["acc1"], test_acc5=test["acc5"], test_loss=test["loss"])
     runs.write_json(run_dir / "summary.json", summary)  # last: its presence marks the run as finished
     ckpt_path.unlink(missing_ok=True)

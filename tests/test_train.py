@@ -188,12 +188,13 @@ def test_linear_probe_on_cached_features_matches_the_backbone_path(tmp_path):
 def test_saved_features_show_the_adapter_rank_that_the_final_norm_would_hide():
     from adaptertune.adapters import adapters_disabled, add_adapters
     from adaptertune.features import extract
+    from adaptertune.preprocess import Preprocess
 
     model = create_backbone("vit_micro", "none", num_classes=3)
     add_adapters(model, rank=2, blocks="last:1", init="random")
     x = data.procedural_images(200, 32, torch.Generator().manual_seed(0))
     images = data.Images(x, torch.zeros(200, dtype=torch.long), 3)
-    kw = dict(size=32, mean=(0.5,) * 3, std=(0.5,) * 3, device=torch.device("cpu"))
+    kw = dict(preprocess=Preprocess(32, (0.5,) * 3, (0.5,) * 3), device=torch.device("cpu"))
     with adapters_disabled(model):
         frozen = extract(model, images, np.arange(200), **kw)
     adapted = extract(model, images, np.arange(200), **kw)
