@@ -62,10 +62,12 @@ def resolve(name: str) -> tuple[str, dict]:
         close = difflib.get_close_matches(name, known_backbones(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else "; see timm.list_models('vit_*')"
         raise UserError(f"unknown backbone {name!r}{hint}")
-    if tag:
+    try:
+        timm.get_pretrained_cfg(name)
+    except RuntimeError:  # "Invalid pretrained tag"
         tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
-        if tag not in tags:
-            raise UserError(f"unknown pretrained tag {tag!r} for {arch}; timm has: {', '.join(tags) or 'none'}")
+        raise UserError(f"unknown pretrained tag {tag!r} for {arch}; "
+                        f"{'timm has: ' + ', '.join(tags) if tags else 'timm has no pretrained weights for it'}") from None
     return name, {}
 
 

@@ -70,15 +70,13 @@ def _demo_parser(sub) -> None:
 
 
 def _predict_parser(sub) -> None:
-    from .inference import predict_command
-
     p = sub.add_parser("predict", help="top-k class names of image files under a trained run's model",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", type=Path, help="a finished run directory (holds adapter.safetensors)")
     p.add_argument("images", type=Path, nargs="+", help="image files")
     p.add_argument("--top", type=int, default=5, help="how many classes to print per image")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
-    p.set_defaults(func=predict_command)
+    p.set_defaults(func=lambda args: importlib.import_module("adaptertune.inference").predict_command(args))
 
 
 def parser() -> argparse.ArgumentParser:

@@ -21,6 +21,14 @@ MODES = {"bilinear", "bicubic"}
 CROP_MODES = {"center", "squash"}
 
 
+def _height_first(h: int, w: int, out_h: int, out_w: int) -> bool:
+    """PIL resizes in two passes with uint8 in between: the width first, except (Pillow >= 13) when
+    the height shrinks by more than twice as many pixels as the width."""
+    import PIL
+
+    return int(PIL.__version__.split(".")[0]) >= 13 and 0 < h - out_h and h - out_h > 2 * (w - out_w)
+
+
 @dataclass(frozen=True)
 class Preprocess:
     input_size: int  # square input, pixels
@@ -67,7 +75,7 @@ class Preprocess:
         else:  # torchvision Resize(int): the shorter side to s, the longer one in proportion
             out = (s, int(s * w / h)) if h <= w else (int(s * h / w), s)
         y = x.to(dtype)
-        for size in ((h, out[1]), out):  # PIL's order: the width first, then the height, uint8 in between
+        for size in ((out[0], w) if _height_first(h, w, *out) else (h, out[1]), out):  # PIL's two passes
             if size != tuple(y.shape[-2:]):
                 y = F.interpolate(y, size=size, mode=self.interpolation, align_corners=False, antialias=True)
                 y = y.round().clamp(0, 255)
