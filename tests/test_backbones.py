@@ -201,3 +201,22 @@ def test_shots_are_k_per_class_apart_from_validation_and_shared_by_methods(tmp_p
     assert not np.array_equal(splits["head", 0], splits["head", 1])  # drawn by the seed
     with pytest.raises(UserError, match="--shots 50: class"):
         data.few_shot_indices(labels, np.arange(200), 50, seed=0)
+
+
+def test_bf16_training_saves_fp32_features_whose_spectrum_shows_the_adapter_rank(tmp_path):
+    """Features under the run's bf16 autocast showed 13 and 11 "significant" directions here."""
+    from adaptertune import runs
+    from adaptertune.analysis.spectrum import spectrum
+
+    argv = ["train", "--dataset", "synthetic", "--backbone", "vit_nano", "--weights", "none", "--train-samples", "160",
+            "--test-samples", "120", "--feature-samples", "120", "--batch-size", "40", "--log-every", "0",
+            "--blocks", "last:1", "--precision", "bf16", "--epochs", "2", "--lr", "0.02", "--warmup-epochs", "0",
+            "--rank", "1,4", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    for rank in (1, 4):
+        run = tmp_path / f"synthetic-vit_nano-adapter-r{rank}-last1-s0"
+        resolved = json.loads((run / "config.json").read_text())["resolved"]
+        assert resolved["precision"] == "bf16" and resolved["features_precision"] == "fp32"
+        f = runs.load_arrays(run / "features.safetensors")
+        assert f["adapted"].dtype == np.float32
+        assert spectrum(f["frozen"], f["adapted"]).significant == rank
