@@ -1,6 +1,5 @@
 import pytest
 
-from adaptertune import backbones
 from adaptertune.cli import main
 from adaptertune.config import Config
 from adaptertune.errors import UserError
@@ -62,13 +61,6 @@ def test_cli_unknown_backbone_suggests_close_names(capsys, tmp_path):
     err = _error_line(capsys, ["train", "--backbone", "vit_smal_patch16_224", "--dataset", "synthetic",
                                "--out", str(tmp_path)])
     assert "unknown backbone" in err and "vit_small_patch16_224" in err
-
-
-def test_cli_offline_without_weights(capsys, tmp_path, monkeypatch):
-    monkeypatch.setattr(backbones, "_hub_reachable", lambda timeout=3.0: False)
-    err = _error_line(capsys, ["train", "--backbone", "deit_tiny_patch16_224", "--dataset", "synthetic",
-                               "--out", str(tmp_path)])
-    assert "--weights PATH" in err
 
 
 def test_cli_missing_weights_file_and_dataset_root(capsys, tmp_path):
