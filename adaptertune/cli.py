@@ -1,4 +1,4 @@
-"""The command line: `adaptertune train | analyze {spectrum,capacity,significance} | report | demo | predict`.
+"""The command line: `adaptertune train | analyze {spectrum,capacity,significance} | report | demo | predict | paper`.
 
 Errors a user can cause end in one line on stderr and exit status 2, never a traceback.
 """
@@ -79,6 +79,17 @@ def _predict_parser(sub) -> None:
     p.set_defaults(func=lambda args: importlib.import_module("adaptertune.inference").predict_command(args))
 
 
+def _paper_parser(sub) -> None:
+    from .analysis import paper
+
+    p = sub.add_parser("paper", help="LaTeX tables (booktabs) and PDF figures of a study, with a main.tex",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("runs", type=Path, help="a folder of run directories (searched recursively)")
+    p.add_argument("--out", type=Path, default=Path("paper"), help="folder for tables/, figures/ and main.tex")
+    paper.add_arguments(p)
+    p.set_defaults(func=paper.run_command)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adaptertune", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -89,6 +100,7 @@ def parser() -> argparse.ArgumentParser:
     _analysis_parser(sub, "report")
     _demo_parser(sub)
     _predict_parser(sub)
+    _paper_parser(sub)
     return p
 
 

@@ -40,6 +40,14 @@ def plan_runs(planted_rank: int = 4, quick: bool = False) -> list[Config]:
             + plan(base, ["adapter"], ranks, seeds))
 
 
+def runs(out: Path, planted_rank: int = 4, quick: bool = True, log=print) -> Path:
+    """The demo's runs (trained where not finished yet) in `out`; returns `out`. For notebooks and tests."""
+    from .sweep import run_sweep
+
+    run_sweep(plan_runs(planted_rank, quick), Path(out), log=log)
+    return Path(out)
+
+
 def run(out: Path, planted_rank: int = 4, quick: bool = False, log=print) -> int:
     from .analysis import report
     from .sweep import run_sweep

@@ -34,3 +34,11 @@ def make_run(tmp_path):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def quick_demo_runs(tmp_path_factory):
+    """The quick offline demo's runs (`adaptertune demo --quick`), trained once per test session."""
+    from adaptertune import demo
+
+    return demo.runs(tmp_path_factory.mktemp("quick-demo") / "runs", quick=True, log=lambda *a: None)

@@ -19,8 +19,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..runs import _plain as plain   # JSON-safe: arrays to lists, NaN/inf to None
-from .capacity_fit import (DELTA, HORIZON, SpectrumPrediction, SweepFit, fit_sweep, p_text, predict_from_spectrum,
-                           rank_grid)
+from .capacity_fit import DELTA, HORIZON, SpectrumPrediction, SweepFit, fit_sweep, p_text, predict_from_spectrum
 from . import groups
 from .tables import markdown_table, output_folder, text_table, write_csv
 
@@ -261,21 +260,7 @@ def _csv_rows(report: CapacityReport) -> list[dict]:
 def _figure(report: CapacityReport, path: Path) -> Path:
     from . import plots
 
-    panels = []
-    for g in report.groups:
-        f = g.fit
-        lo, hi = float(f.levels.min()), float(f.levels.max())
-        r = rank_grid(lo / 1.3, hi * 1.3, 200)
-        panels.append({
-            "label": g.label, "ranks": f.ranks, "seeds": f.seeds, "acc": f.acc,
-            "levels": f.levels, "means": f.means, "ci_lo": f.ci_lo, "ci_hi": f.ci_hi,
-            "curves": {name: (r, m.family.predict(m.theta, r)) for name, m in f.fits.items()},
-            "best": f.best.name, "band": (f.curve_r, f.band[0], f.band[1]),
-            "elbow": f.elbow, "elbow_ci": f.elbow_ci, "kneedle": f.kneedle, "delta": f.delta,
-            "predicted": (r, g.prediction.curve(r)) if g.prediction else None,
-            "predicted_elbow": g.prediction.elbow if g.prediction else None,
-        })
-    return plots.capacity_figure(panels, path)
+    return plots.save(plots.capacity_figure(report), path)
 
 
 def analyze_runs(runs_dir, out_dir, *, delta: float = DELTA, n_boot: int = 1000, seed: int = 0,

@@ -733,8 +733,7 @@ def analyze_runs(runs_dir: Path, out_dir: Path, claims=None, *, metric: str = "t
     if plot and report.comparisons:
         from . import plots
 
-        png = plots.plot_significance([c.to_dict() for c in report.comparisons], out_dir / "significance.png",
-                                      level=1 - report.alpha)
+        png = plots.save(plots.significance_figure(report), out_dir / "significance.png")
         report = replace(report, figures=(png.name,))
     runs.write_json(out_dir / "significance.json", report.to_dict())
     _write_csv(out_dir / "significance.csv", report.comparisons)

@@ -737,16 +737,12 @@ def _run_spectrum(run, row: dict, subsets: dict, **kw) -> RunSpectrum:
 def _figures(report: SpectrumReport, out_dir: Path) -> list[Path]:
     from . import plots
 
-    curves = [{"label": r.row["run"], "method": r.row.get("method"), "rank": r.row.get("rank"),
-               "energy": r.spectrum.energy, "cumulative": r.spectrum.cumulative,
-               "significant": r.spectrum.significant} for r in report.runs]
-    by_sweep = [{**b, "method": b["sweep"]} for b in report.by_rank()]  # one line per sweep
-    files = [plots.spectrum_figure(curves, by_sweep, out_dir / "spectrum.png")]
-    series = [{"label": r.row["run"], "rank": r.row.get("rank"), "blocks": [i for i, _ in r.blocks],
+    files = [plots.save(plots.spectrum_figure(report), out_dir / "spectrum.png")]
+    series = [{"label": r.row.get("label") or r.row["run"], "rank": r.row.get("rank"), "blocks": [i for i, _ in r.blocks],
                "effective_rank": [s.effective_rank for _, s in r.blocks],
                "significant": [s.significant for _, s in r.blocks]} for r in report.runs if r.blocks]
     if series:
-        files.append(plots.spectrum_blocks_figure(series, out_dir / "spectrum_blocks.png"))
+        files.append(plots.save(plots.spectrum_blocks_figure(series), out_dir / "spectrum_blocks.png"))
     return [f for png in files for f in (png, png.with_suffix(".pdf"))]
 
 
