@@ -22,13 +22,13 @@ _SKIP = ("resolved", "env")  # config.json entries that describe the machine, no
 
 
 def rows(found) -> list[dict]:
-    """One flat dict per run of a `runs.Discovery`: run, path, label, key, every config field, every
-    summary field (status, test_acc1, best_val_acc1, trainable_params, trainable_fraction, ...)."""
+    """One flat dict per run of a `runs.Discovery`: run, path, label, key, every config field (rank:
+    None but for adapters), every summary field (status, test_acc1, best_val_acc1, trainable_params, ...)."""
     from .analysis import groups
 
     labels = groups.labels([r.config for r in found.runs])
     return [{"run": r.id, "path": str(r.path), "label": lab, "key": r.key,
-             **{k: v for k, v in r.config.items() if k not in _SKIP}, **r.summary}
+             **{k: v for k, v in r.config.items() if k not in _SKIP}, "rank": r.row()["rank"], **r.summary}
             for r, lab in zip(found.runs, labels)]
 
 
