@@ -224,7 +224,7 @@ def main_tex(tables: list[str], figures: list[str], title: str = "adaptertune st
                 "capacity": "Capacity-model fits of accuracy vs rank (95\\% intervals).",
                 "claims": "Claims and their verdicts."}
     lines = [r"\documentclass{article}", r"\usepackage[margin=2cm]{geometry}", r"\usepackage{booktabs}",
-             r"\usepackage{graphicx}", r"\usepackage{amsmath}", f"\\title{{{tex(title)}}}", r"\date{}",
+             r"\usepackage{graphicx}", r"\usepackage{amsmath}", f"\\title{{{tex(title)}}}", r"\author{}", r"\date{}",
              r"\begin{document}", r"\maketitle", ""]
     for name in tables:
         caption = captions.get(name, f"Ablation: {name.split('-', 1)[-1]}." if name.startswith("ablation") else name)

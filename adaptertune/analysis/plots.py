@@ -284,7 +284,7 @@ def significance_figure(comparisons, level: float = 0.95, title: str | None = No
     legend = [Line2D([], [], color=VERDICT_COLORS["significant"], marker="o", label="significant"),
               Line2D([], [], color=VERDICT_COLORS["not significant"], marker="o", label="not significant"),
               Line2D([], [], color=_INCONCLUSIVE, marker="o", mfc="white", label="inconclusive (underpowered)")]
-    ax.legend(handles=legend, fontsize=6, loc="upper center", bbox_to_anchor=(0.5, -0.25 if n < 4 else -0.12), ncol=3)
+    ax.legend(handles=legend, fontsize=6, loc="best", framealpha=0.9)
     return fig
 
 
