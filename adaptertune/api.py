@@ -11,9 +11,6 @@ Imports no torch until `train` is called.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import sys
-import types
 from pathlib import Path
 
 from .config import Config
@@ -78,18 +75,3 @@ def _frame(table: list[dict], frame: bool | None):
             raise
         return table
     return pd.DataFrame(table)
-
-
-def callable_module(name: str, target: str) -> None:
-    """Let the module `name` be called as the function `target` ("package.module:function").
-
-    `adaptertune.train` and `adaptertune.analysis.spectrum` are both a submodule and the public
-    function: once the submodule is imported, Python binds its name on the package to the module,
-    so the module itself forwards calls to the function."""
-    module_name, func = target.split(":")
-
-    class _Callable(types.ModuleType):
-        def __call__(self, *args, **kwargs):
-            return getattr(importlib.import_module(module_name), func)(*args, **kwargs)
-
-    sys.modules[name].__class__ = _Callable

@@ -33,7 +33,7 @@ from torch import nn
 from .adapters import add_adapters
 from .backbones import create_backbone, preprocess
 from .config import Config
-from .data import Images, procedural_images
+from .images import Images, procedural_images
 from .errors import UserError
 
 TASK_SEED = 4321

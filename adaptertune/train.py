@@ -270,6 +270,6 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
 
 
 # `adaptertune.train(...)` is the public API's train (api.py), though this module bears its name.
-from .api import callable_module  # noqa: E402
+from .aliases import callable_module  # noqa: E402
 
 callable_module(__name__, "adaptertune.api:train")

@@ -9,10 +9,10 @@ file (the `analyze_runs` of each module, behind the command line, is what writes
     fit_sweep(ranks, seeds, acc)          -> SweepFit        capacity model, elbow with interval (capacity_fit.py)
     predict_from_spectrum(tail, levels, means) -> SpectrumPrediction
     trend_tests(ranks, seeds, acc)        -> Trends
-    compare(x, y, paired=..., rng=...)    -> Comparison      one paired/unpaired comparison (significance.py)
-    aggregate(units, names, a, b, rng=...) -> Aggregate      a vs b across (dataset, backbone) pairs
-    table_from_rows(rows) / load_table(path) -> Table        the tidy table significance works on
-    significance(table, claims)           -> SignificanceReport   every comparison, aggregate, claim
+    compare(x, y, paired=..., rng=...)    -> Comparison      one paired/unpaired comparison (stattests.py)
+    aggregate(units, names, a, b, rng=...) -> Aggregate      a vs b across (dataset, backbone) pairs (aggregates.py)
+    table_from_rows(rows) / load_table(path) -> Table        the tidy table significance works on (tidy.py)
+    significance(table, claims)           -> SignificanceReport   every comparison, aggregate, claim (significance.py)
     evaluate_claim(claim, table)          -> ClaimResult     (claims.py); parse_claims / load_claims read them
     overview(rows)                        -> list of dicts   mean ± sd per configuration (report.py)
     derive()                              -> Theory          the capacity model in sympy (theory.py)
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..api import callable_module
+from ..aliases import callable_module
 from . import significance, spectrum  # noqa: F401  (imported here so that each is its callable module)
 
 callable_module(__name__ + ".spectrum", "adaptertune.analysis.spectrum:spectrum")
@@ -35,8 +35,7 @@ callable_module(__name__ + ".significance", "adaptertune.analysis.significance:a
 _LAZY = {
     "noise_floor": "spectrum", "shared_directions": "spectrum",
     "fit_sweep": "capacity_fit", "predict_from_spectrum": "capacity_fit", "trend_tests": "capacity_fit",
-    "compare": "significance", "aggregate": "significance", "table_from_rows": "significance",
-    "load_table": "significance", "evaluate_claim": "claims", "parse_claims": "claims", "load_claims": "claims",
+    "compare": "stattests", "aggregate": "aggregates", "table_from_rows": "tidy", "load_table": "tidy", "evaluate_claim": "claims", "parse_claims": "claims", "load_claims": "claims",
     "overview": "report", "derive": "theory",
 }
 __all__ = ["spectrum", "significance", *_LAZY]

@@ -29,9 +29,10 @@ import numpy as np
 from scipy import stats
 
 from ..errors import UserError
-from .significance import (CORRECTIONS, TEST_NAMES, TESTS, UNDERPOWERED, Comparison, Table,
-                           adjust, best_adjusted, compare, hierarchical_bootstrap, paired_values, sign_flip_test,
-                           t_pvalue)
+from .aggregates import hierarchical_bootstrap
+from .stattests import (CORRECTIONS, TEST_NAMES, TESTS, UNDERPOWERED, Comparison, adjust, best_adjusted, compare,
+                        sign_flip_test, t_pvalue)
+from .tidy import Table, paired_values
 from .tables import p_value
 
 KINDS = ("better_all", "mean_diff", "wins", "monotone", "elbow")

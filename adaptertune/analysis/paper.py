@@ -27,7 +27,7 @@ from pathlib import Path
 from .. import runs
 from ..errors import UserError
 from . import groups
-from .significance import _tex as tex
+from .tables import latex_escape as tex
 
 TABLES = ("main", "ranks", "ablation-placement", "ablation-init", "ablation-blocks", "capacity", "claims")
 ABLATIONS = ("placement", "init", "blocks")

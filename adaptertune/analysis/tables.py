@@ -53,3 +53,14 @@ def output_folder(args) -> Path:
     """Where a command writes: --out, else `analysis` beside the run folder's contents (or the CSV file)."""
     source = Path(args.runs)
     return args.out or (source if source.is_dir() else source.parent) / "analysis"
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "<": r"$<$", ">": r"$>$",
+        "Γ": r"$\Gamma$", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$", "α": r"$\alpha$", "−": "-"}
+
+
+def latex_escape(s: str) -> str:
+    """`s` with LaTeX's special characters escaped and a few Unicode symbols in math mode."""
+    parts = str(s).replace(">=", "\0g").replace("<=", "\0l")
+    return "".join(_TEX.get(ch, ch) for ch in parts).replace("\0g", r"$\geq$").replace("\0l", r"$\leq$")
