@@ -23,6 +23,8 @@ statistics here: "perm" (the default test) is the sign-flip test over paired uni
 units, Monte Carlo beyond) or the two-sample permutation test; "t" the t-test, which assumes
 normal noise.
 
+The statistics live in stattests.py (one comparison), aggregates.py (across pairs) and tidy.py (the
+table); this module is the analysis over a table, its report and the command, and re-exports them.
 Imports no torch and no plotting.
 """
 
