@@ -166,7 +166,7 @@ def ablation_tables(overview: list[dict], configs: dict[str, dict]) -> dict[str,
         value = {}
         for s in sweeps:
             key = next(iter(s["cells"].values()))["key"]
-            value[(s["dataset"], s["backbone"], s["sweep"])] = str(groups.config_of(configs[key]).__getattribute__(name))
+            value[(s["dataset"], s["backbone"], s["sweep"])] = str(getattr(groups.config_of(configs[key]), name))
         varied = {(d, b) for d, b, _ in value if len({v for k, v in value.items() if k[:2] == (d, b)}) > 1}
         if varied:
             chosen = [s for s in sweeps if (s["dataset"], s["backbone"]) in varied]
