@@ -425,6 +425,7 @@ class SpectrumReport:
     notes: tuple[str, ...] = ()
     files: tuple[Path, ...] = ()
     shared: tuple[dict, ...] = ()                # per group of seeds: {"group", "method", "rank", **Shared.to_dict()}
+    recommendations: tuple[dict, ...] = ()       # per rank sweep: `recommend.sweep_recommendations`
 
     def by_rank(self) -> list[dict]:
         """Per configuration with an adapter rank (`groups`: dataset, backbone, config key), across its
@@ -454,6 +455,7 @@ class SpectrumReport:
     def to_dict(self) -> dict:
         return {"analysis": "spectrum", "options": self.options,
                 "runs": [r.to_dict() for r in self.runs], "by_rank": self.by_rank(), "shared": list(self.shared),
+                "recommendations": list(self.recommendations),
                 "skipped": [{"run": run, "reason": why} for run, why in self.skipped],
                 "notes": list(self.notes), "files": [f.name for f in self.files]}
 
@@ -470,6 +472,8 @@ class SpectrumReport:
             parts.append("per configuration with an adapter rank (mean over its seeds)\n" + _text_table(_RANK_TABLE, self.by_rank()))
         if self.shared:
             parts.append(f"directions shared across seeds ({_SHARED_TEXT})\n" + _text_table(_SHARED_TABLE, self.shared))
+        if self.recommendations:
+            parts.append(f"rank recommendation from one run ({_REC_TEXT})\n" + _text_table(_REC_TABLE, self.recommendations))
         if self.flagged():
             parts.append(_FOOTNOTE)
         return "\n\n".join(parts)
@@ -480,8 +484,8 @@ class SpectrumReport:
         lines = ["## Spectrum of the feature shift", "",
                  f"Singular values of ΔH = H_adapted − H_frozen on the evaluation subset"
                  f"{' (centered over samples)' if o.get('center', True) else ''} for {len(self.runs)} run(s). "
-                 f"*Significant* directions stand above an isotropic finite-sample noise floor "
-                 f"(Marchenko–Pastur edge + Tracy–Widom margin, α = {o.get('alpha', 0.01):g} per direction); "
+                 f"*Significant* directions stand above the noise floor (Marchenko–Pastur edge + Tracy–Widom margin "
+                 f"where the noise looks white, else the robust null, starred; α = {o.get('alpha', 0.01):g}); "
                  f"the recommended rank is the fewest of them holding {100 * o.get('energy_target', 0.95):g}% "
                  f"of the above-noise energy; utilization = effective rank / adapter rank.", "",
                  _markdown_table(_TABLE, _starred(r.summary() for r in self.runs)), ""]
@@ -533,7 +537,11 @@ def analyze_runs(runs_dir, out_dir, *, alpha: float = 0.01, center: bool = True,
                   for (ds, bb), v in subsets.items() if len(v) > 1)
     options = {"alpha": alpha, "center": center, "energy_target": energy_target}
     shared = _shared_by_group(found.runs, results, alpha=alpha)
-    report = SpectrumReport(tuple(results), tuple(skipped), out_dir, options, notes, shared=shared)
+    from .recommend import sweep_recommendations
+
+    recs = tuple(sweep_recommendations(found, alpha=alpha, energy_target=energy_target))
+    report = SpectrumReport(tuple(results), tuple(skipped), out_dir, options, notes, shared=shared,
+                            recommendations=recs)
     figures = _figures(report, out_dir) if plot else []
     report = replace(report, files=(out_dir / "spectrum.json", out_dir / "spectrum.csv", *figures))
     write_json(out_dir / "spectrum.json", report.to_dict())
@@ -609,8 +617,14 @@ def _csv_rows(report: SpectrumReport) -> list[dict]:
     return rows
 
 
-_FOOTNOTE = ("* the remaining spectrum does not look like white noise (Marchenko–Pastur fit fails: the noise level "
-             "varies across samples or features, or there is no noise-like bulk): read the count as an upper bound.")
+_REC_TABLE = (("group", "group", "{}"), ("from run", "run", "{}"), ("signif.", "significant", "{}"),
+              ("null", "noise_null", "{}"), ("rec.rank", "recommended_rank", "{}"), ("95% CI", "recommended_ci", "{}"),
+              ("measured elbow", "measured_elbow", "{:g}"), ("within 2x", "within_one_doubling", "{}"))
+_REC_TEXT = ("fewest directions above the noise of the sweep's highest-rank run holding the energy target of their "
+             "above-noise energy, interval: samples resampled; measured elbow: the doubling rule on the sweep's "
+             "accuracy means; within 2x: elbow/2 <= rec.rank <= 2 elbow")
+_FOOTNOTE = ("* the noise does not look white (Marchenko–Pastur fit, row/column energies or kurtosis): counted under "
+             "the robust null (biwhitened; the smaller of a parallel-analysis and an edge-spacing count).")
 
 
 def _starred(rows) -> list[dict]:
