@@ -71,9 +71,9 @@ def within_one_doubling(rank: float | None, elbow: float | None) -> bool | None:
 
 
 def sweep_recommendations(found, *, alpha: float = 0.01, energy_target: float = 0.95, n_boot: int = 50) -> list[dict]:
-    """Per adapter rank sweep (`capacity.collect`'s groups): the recommendation from its highest-rank run
+    """Per adapter rank sweep (`capacity.collect`'s sweeps): the recommendation from its highest-rank run
     with features (the first seed) and the sweep's measured elbow (the doubling rule on the rank means)."""
-    from .capacity import KEY, collect, group_label
+    from .capacity import _columns, collect, group_label
     from .capacity_fit import DELTA, means_elbow
 
     groups, _, _ = collect(found)
@@ -92,7 +92,7 @@ def sweep_recommendations(found, *, alpha: float = 0.01, energy_target: float = 
         levels = np.unique(ranks)
         means = np.array([np.mean([m[2] for m in members if m[0] == r]) for r in levels])
         elbow = float(means_elbow(levels, means, DELTA)) if levels.size >= 2 else None
-        out.append({"group": group_label(dict(zip(KEY, key))), "run": runs[0][3].id, "from_rank": top,
+        out.append({"group": group_label(_columns(members, key)), "run": runs[0][3].id, "from_rank": top,
                     **rec.to_dict(), "measured_elbow": elbow if elbow is None or math.isfinite(elbow) else None,
                     "within_one_doubling": within_one_doubling(rec.rank, elbow)})
     return out
