@@ -8,8 +8,9 @@ Two nulls, and a diagnostic that says which one applies (`noise_floor`):
   Nadakuditi 2012), and direction k+1 counts when its squared singular value exceeds
   σ²·(μ + s_α·σ_TW), the Marchenko–Pastur edge (√N + √P)² with its Tracy–Widom fluctuation
   (Johnstone 2001; Ma 2012's half-integer corrections). Exact, the most powerful, invariant to
-  rotations of the feature space — and wrong off white noise: heavy tails or a noise level that varies
-  across samples or features gave 7 to 200+ "directions" in pure noise.
+  rotations of the feature space — and wrong off white noise: on pure noise with heavy tails, a
+  noise level that varies across samples or features, or correlated features it finds "directions"
+  in nearly every draw (benchmarks/noise_floor.py, column "white-only fp").
 - **robust**: no distributional assumption beyond a noise bulk. The shift is first *biwhitened*
   (Landa, Zhang & Kluger 2022: rows and columns rescaled, Sinkhorn-style, so every row and every
   column has the same mean square — a variance that varies by sample, by feature or both is then
@@ -17,14 +18,15 @@ Two nulls, and a diagnostic that says which one applies (`noise_floor`):
   deviations. Then two tests, each valid under a different null, and the count is the smaller:
   * *parallel analysis* (Horn 1965; Buja & Eyuboglu 1992): each feature column is permuted
     independently, keeping every feature's marginal distribution (heavy tails included) and
-    destroying what links the features; direction k+1 counts when its eigenvalue exceeds the same
-    order statistic of every one of `n_perm` permuted matrices (p ≤ α, permutation p-value), and
-    the test steps down — stopping at the first failure — so the family-wise rate is ≤ α.
-    Exact when noise entries are exchangeable within columns and columns independent.
+    destroying what links the features; direction k+1 counts when the permutation p-value of its
+    eigenvalue against the same order statistic of `n_perm` permuted matrices is ≤ α, stepping
+    down — stopping at the first failure — so the family-wise rate is ≤ α; the directions found
+    are then deflated and the residual tested again (`permutation_count`). Exact when noise
+    entries are exchangeable within columns and columns independent.
   * an *edge-spacing* test (after Onatski 2009/2010): the top eigenvalues of a noise bulk follow
     the Tracy–Widom edge whatever the bulk's shape (correlated features, any population covariance
     without spikes: edge universality), so the ratio of the gap after eigenvalue i to the spread
-    of the next m eigenvalues is free of the bulk's location and scale. Its law is simulated from the
+    of the next SPREAD eigenvalues is free of the bulk's location and scale. Its law is simulated from the
     white Gaussian model of the same size (the Laguerre bidiagonal of Dumitriu & Edelman 2002);
     the count is the largest i ≤ kmax whose ratio exceeds the 1−α quantile of the maximum over
     i ≤ kmax — family-wise ≤ α on a bulk.
@@ -36,9 +38,8 @@ Two nulls, and a diagnostic that says which one applies (`noise_floor`):
 The diagnostic (`NoiseFloor.white`) passes when the bulk left by the white test fits the
 Marchenko–Pastur law (Kolmogorov–Smirnov) and, once the white test's directions are projected out,
 the row and column energies disperse as white noise's do and the entries' excess kurtosis is ~0;
-only then does the white count stand (the KS check alone passed i.i.d. t3 noise, which the white test
-gave 3-5 false directions). `NoiseFloor.null`
-says which was used. benchmarks/noise_floor.py measures false-positive rates and power per noise kind.
+only then does the white count stand (the KS check alone, the previous `white`, passed i.i.d. t3
+noise in which the white test found 3-5 false directions). `NoiseFloor.null` says which was used. benchmarks/noise_floor.py measures false-positive rates and power per noise kind.
 
 Pure numpy/scipy; no torch.
 """
@@ -107,12 +108,13 @@ class NoiseFloor:
         return all(math.isnan(v) or abs(v - ref) <= lim for v, ref, lim in self._checks())
 
     def _checks(self):
-        big, small = self.rows, self.cols
-        # within a factor 2 (+ 4 standard errors): projecting out the white test's directions leaves
-        # the energies of rows and columns a little uneven (white noise + 3 planted, 400 × 32: 2.2 for columns)
-        yield self.dispersion[0], 1.0, 1 + 4 * math.sqrt((2 + 12 / small) / big)
-        yield self.dispersion[1], 1.0, 1 + 4 * math.sqrt((2 + 12 / big) / small)
-        yield self.kurtosis, 0.0, 4 * math.sqrt(24 / (big * small)) + 0.05
+        """(value, white value, tolerance) of each diagnostic. Dispersions within a factor 2 (+ 4 standard
+        errors): projecting out the white test's directions leaves the energies of rows and columns a
+        little uneven (white noise + 3 planted directions, 400 × 32: 2.2 for the columns)."""
+        rows, cols = self.rows, self.cols
+        yield self.dispersion[0], 1.0, 1 + 4 * math.sqrt((2 + 12 / cols) / rows)
+        yield self.dispersion[1], 1.0, 1 + 4 * math.sqrt((2 + 12 / rows) / cols)
+        yield self.kurtosis, 0.0, 4 * math.sqrt(24 / (rows * cols)) + 0.05
 
     def to_dict(self) -> dict:
         fin = lambda v: None if v is None or not math.isfinite(v) else float(v)  # noqa: E731
@@ -143,7 +145,7 @@ def noise_floor(singular_values, rows: int, cols: int, *, alpha: float = 0.01, r
     lam = np.zeros(small)
     lam[: min(small, len(s))] = (s[:small] / unit) ** 2
     numerical = int((np.sqrt(lam) > max(np.sqrt(lam[0]) * big * _EPS * 4, resolution / unit)).sum())
-    k, sigma2, threshold, bulk_ks = _white_count(lam, big, small, alpha, numerical)
+    k, threshold, bulk_ks = _white_count(lam, big, small, alpha, numerical)
     white = NoiseFloor(k, 0.0, 0.0, np.zeros(0), 0.0, bulk_ks, alpha, rows, cols, counts={"white": k})
     null, counts, extra = "white", {"white": k}, {}
     if matrix is not None:
@@ -166,7 +168,7 @@ def _white_count(lam: np.ndarray, big: int, small: int, alpha: float, numerical:
     """Sequential test, k = 0, 1, ...: σ²_k = noise variance if k directions are signal; direction
     k+1 is significant if s²_{k+1} > σ²_k·(μ + s_α·σ_TW), μ and σ_TW those of the largest eigenvalue
     of EᵀE for a big × (small − k) standard white E; stop at the first failure.
-    Returns (k, σ²_k, threshold, KS distance of the untested eigenvalues to Marchenko–Pastur)."""
+    Returns (k, threshold, KS distance of the untested eigenvalues to Marchenko–Pastur)."""
     quantile = tw1_quantile(1 - alpha)
     k = 0
     while True:
@@ -180,7 +182,7 @@ def _white_count(lam: np.ndarray, big: int, small: int, alpha: float, numerical:
             break
         k += 1
     bulk = lam[k:] / (sigma2 * big) if sigma2 > 0 and k < numerical else np.zeros(0)
-    return k, sigma2, threshold, _mp_ks(bulk, len(bulk) / big)
+    return k, threshold, _mp_ks(bulk, len(bulk) / big)
 
 
 def _mp_ks(x: np.ndarray, ratio: float) -> float:
