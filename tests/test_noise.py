@@ -21,9 +21,12 @@ def pure(kind, rng, n=N, d=D):
         x = rng.standard_normal((n, d)) * rng.lognormal(0, 0.5, (n, 1))
     elif kind == "feature-variance":
         x = rng.standard_normal((n, d)) * rng.lognormal(0, 0.5, d)
-    else:  # "ar1": correlated features
+    elif kind == "ar1":  # correlated features
         i = np.arange(d)
         x = rng.standard_normal((n, d)) @ np.linalg.cholesky(0.6 ** np.abs(i[:, None] - i[None, :])).T
+    else:  # "even-cov": covariance eigenvalues spread evenly, square: passes the diagnostic, has no gap
+        q = np.linalg.qr(rng.standard_normal((d, d)))[0]
+        x = (rng.standard_normal((n, d)) * np.sqrt(np.linspace(0.25, 1.75, d))) @ q.T
     return x / np.sqrt((x * x).mean())
 
 
@@ -34,13 +37,15 @@ def planted(rng, k, n=N, d=D, factor=2.0, scale=1.0):
     return factor * scale * ((n - 1) * d) ** 0.25 * u @ v.T
 
 
-@pytest.mark.parametrize("kind", ["t3", "sample-variance", "feature-variance", "ar1"])
+@pytest.mark.parametrize("kind", ["t3", "sample-variance", "feature-variance", "ar1", "even-cov"])
 def test_pure_noise_that_fools_the_white_floor_gives_no_direction_under_the_robust_null(kind):
     rng = np.random.default_rng(1)
+    n, d = (120, 120) if kind == "even-cov" else (N, D)
     for _ in range(3):
-        s = spectrum(pure(kind, rng))
+        s = spectrum(pure(kind, rng, n, d))
         assert s.noise.counts["white"] > 0                  # Marchenko–Pastur alone: false directions
-        assert s.noise.null == "robust" and not s.noise.white
+        assert s.noise.null == "robust"
+        assert s.noise.white == (kind == "even-cov")        # that one passes the diagnostic, fails the gap check
         assert s.significant == 0 and s.recommended_rank == 0
 
 
@@ -56,7 +61,7 @@ def test_white_noise_keeps_the_exact_white_null():
     rng = np.random.default_rng(3)
     s = spectrum(rng.standard_normal((N, D)) + planted(rng, 2))
     assert s.noise.null == "white" and s.noise.white and s.significant == 2
-    assert set(s.noise.counts) == {"white"}                 # the robust tests are not needed
+    assert s.noise.counts == {"white": 2, "edge_unscaled": 2}  # a gap after them; no permutations needed
     assert s.to_dict()["noise_null"] == "white"
 
 

@@ -38,8 +38,11 @@ Two nulls, and a diagnostic that says which one applies (`noise_floor`):
 The diagnostic (`NoiseFloor.white`) passes when the bulk left by the white test fits the
 Marchenko–Pastur law (Kolmogorov–Smirnov) and, once the white test's directions are projected out,
 the row and column energies disperse as white noise's do and the entries' excess kurtosis is ~0;
-only then does the white count stand (the KS check alone, the previous `white`, passed i.i.d. t3
-noise in which the white test found 3-5 false directions). `NoiseFloor.null` says which was used. benchmarks/noise_floor.py measures false-positive rates and power per noise kind.
+only then does the white count stand — and only if the edge-spacing test on the same eigenvalues
+finds at least as many directions (`counts["edge_unscaled"]`): at 200 × 200, noise with covariance
+eigenvalues spread evenly over [0.25, 1.75] passed the diagnostic and gave the white test false
+directions in every draw, but shows no gap. (The KS check alone, the previous `white`, passed i.i.d.
+t3 noise in which the white test found 3-5 false directions.) `NoiseFloor.null` says which was used. benchmarks/noise_floor.py measures false-positive rates and power per noise kind.
 
 Pure numpy/scipy; no torch.
 """
@@ -148,10 +151,13 @@ def noise_floor(singular_values, rows: int, cols: int, *, alpha: float = 0.01, r
     k, threshold, bulk_ks = _white_count(lam, big, small, alpha, numerical)
     white = NoiseFloor(k, 0.0, 0.0, np.zeros(0), 0.0, bulk_ks, alpha, rows, cols, counts={"white": k})
     null, counts, extra = "white", {"white": k}, {}
-    if matrix is not None:
+    if matrix is not None and _kmax(small) > 0:     # (the robust tests need more than SPREAD columns and rows)
         extra = dict(zip(("dispersion", "kurtosis"), white_diagnostics(_remove_top(matrix, k), k)))
         white = NoiseFloor(**{**white.__dict__, **extra})
-        if not white.white:
+        # the white count also needs a gap after it: the edge-spacing test on the same eigenvalues (valid
+        # for any bulk) must find as many; correlated noise with n ≈ d passes the diagnostic, not this
+        counts["edge_unscaled"] = min(edge_count(lam, big, small, alpha, _kmax(small)), numerical)
+        if not white.white or counts["edge_unscaled"] < k:
             null = "robust"
             counts.update(robust_counts(matrix, alpha=alpha, n_perm=n_perm, rng=rng, limit=numerical))
             k = min(counts["permutation"], counts["edge"])
@@ -325,12 +331,16 @@ def robust_counts(x: np.ndarray, *, alpha: float = 0.01, n_perm: int = N_PERM, k
     y = biwhiten(x)
     n, d = y.shape
     small = min(n - 1, d)
-    kmax = max(1, min(64, small // 2)) if kmax is None else kmax
-    kmax = min(kmax, small - SPREAD) if small > SPREAD else 0
+    kmax = _kmax(small) if kmax is None else kmax
     limit = small if limit is None else limit
     lam = _eigenvalues(y)
     return {"permutation": min(permutation_count(y, lam, alpha, n_perm, rng, kmax), limit),
             "edge": min(edge_count(lam, max(n - 1, d), small, alpha, kmax), limit)}
+
+
+def _kmax(small: int) -> int:
+    """The most directions the robust tests look for: half the smaller side, at most 64, leaving SPREAD."""
+    return min(64, small // 2, small - SPREAD) if small > SPREAD else 0
 
 
 def _eigenvalues(y: np.ndarray) -> np.ndarray:
