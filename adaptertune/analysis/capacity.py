@@ -199,7 +199,7 @@ class CapacityReport:
                  f"directions: the rise stops at κ) and, where a spectrum of the feature shift exists, "
                  f"the spectral model A − a·τ(r)/τ(0) − b·r; the best by AICc is shown (w: Akaike weight). "
                  f"Intervals are 95% residual-bootstrap intervals ({o.get('n_boot')} resamples); the elbow's "
-                 f"re-selects the family in every resample (chosen: how often each family was). The elbow is "
+                 f"interval re-selects the family in every resample (chosen: how often each family was). The elbow is "
                  f"the smallest rank from which every doubling gains less than δ = {o.get('delta')} points "
                  f"(searched up to {o.get('horizon'):g}× the largest rank); elbow means: the same rule on the "
                  f"measured means, no curve, with a 95% bootstrap interval (each rank's runs resampled); "

@@ -591,8 +591,8 @@ def selection_bootstrap(boots: list[Bootstrap], weights: np.ndarray, ranks, seed
     residuals rescaled by sqrt(n/(n-q)) and resampled; "seeds": whole seeds resampled as weights), so
     no one family is taken as the truth; in each, every family is refitted and the one with the
     smallest AICc gives the replicate's elbow. Returns elbows (B,) and the chosen family's index (B,)
-    into `boots`. Conditioning on the family chosen once made the 95% interval cover a power-law
-    truth never when AICc preferred the exponential (benchmarks/elbow_coverage.py).
+    into `boots`. Given the family chosen once, the 95% interval covered the true elbow 74–98% of the
+    time across benchmarks/elbow_coverage.py's cells (exponential truths: 74–89%); re-selecting, 87–100%.
     """
     n = acc.size
     W = None
