@@ -168,6 +168,7 @@ class CapacityReport:
             out.append({
                 "group": g.label, "ranks": ",".join(f"{r:g}" for r in f.levels), "seeds": str(f.n_seeds),
                 "best": f"{f.best.name} (w={f.best.weight:.2f})",
+                "chosen": " ".join(f"{k} {v:.0%}" for k, v in sorted(f.selection.items(), key=lambda kv: -kv[1]) if v),
                 "params": ", ".join(f"{k} {_g(v[0])} [{_g(v[1])}, {_g(v[2])}]" for k, v in d["params"].items()),
                 "elbow": f"{_g(f.elbow)} [{_g(lo)}, {_g(hi)}]",
                 "elbow means": f"{_g(f.elbow_means)} [{_g(f.elbow_means_ci[0])}, {_g(f.elbow_means_ci[1])}]",
@@ -196,7 +197,8 @@ class CapacityReport:
                  f"exponential saturation A − B·e^(−r/ρ), a finite-rank shift A − B·max(0, 1 − r/κ) (κ equal "
                  f"directions: the rise stops at κ) and, where a spectrum of the feature shift exists, "
                  f"the spectral model A − a·τ(r)/τ(0) − b·r; the best by AICc is shown (w: Akaike weight). "
-                 f"Intervals are 95% residual-bootstrap intervals ({o.get('n_boot')} resamples). The elbow is "
+                 f"Intervals are 95% residual-bootstrap intervals ({o.get('n_boot')} resamples); the elbow's "
+                 f"interval re-selects the family in every resample (chosen: how often each family was). The elbow is "
                  f"the smallest rank from which every doubling gains less than δ = {o.get('delta')} points "
                  f"(searched up to {o.get('horizon'):g}× the largest rank); elbow means: the same rule on the "
                  f"measured means, no curve, with a 95% bootstrap interval (each rank's runs resampled); "

@@ -7,20 +7,14 @@ the tail energy τ(r) = Σ_{i>r} σi² of the capacity model (DESIGN.md), the ef
 the number of *significant* directions (those standing above a finite-sample noise floor) and a
 recommended rank.
 
-The noise floor (`noise_floor`) models the shift as low rank plus white noise, Δ = L + E with
-E_ij i.i.d., variance σ², and tests the directions one at a time (Kritchman & Nadler 2009): under
-"k directions are signal", σ² is estimated from the energy left once the k signal strengths are
-de-biased (Benaych-Georges & Nadakuditi 2012), and direction k+1 counts when its squared singular
-value exceeds σ²·(μ + s_α·σ_TW), the Marchenko–Pastur edge (√N + √P)² with its Tracy–Widom
-fluctuation (Johnstone 2001; the half-integer corrections of Ma 2012), s_α the 1−α quantile of
-TW1. Pure white noise thus reports 0 directions with probability ≈ 1−α (measured: 0.3–1% at
-α = 0.01 for n ≫ d, n ≈ d and n < d), and the count is invariant to rotations and rescaling of
-the feature space. Its limits, stated plainly: (1) a direction weaker than θ ≈ σ·(NP)^¼ is
-invisible to any method at that n and d (the BBP transition); (2) the floor assumes white noise —
-noise whose level varies across samples or features (or is very heavy-tailed) pushes directions
-over it. The fit of the remaining eigenvalues to the Marchenko–Pastur law is therefore checked
-(`NoiseFloor.bulk_ks`, `.white`): when it fails, the count is an upper bound and the command
-stars it.
+The noise floor (`noise.noise_floor`) decides which directions stand above the shift's noise: the
+Marchenko–Pastur / Tracy–Widom test where the noise looks white (exact, rotation invariant), a
+robust null where it does not — biwhitening, then the smaller of a parallel-analysis (column
+permutation) count and an edge-spacing count — and says per spectrum which null it used
+(`NoiseFloor.null`). On white, heavy-tailed, heteroscedastic and correlated pure noise (with no
+covariance direction standing apart) the count was 0 in all but ≤ 1% of draws at α = 0.01
+(benchmarks/noise_floor.py, 500 × 64). A direction weaker than θ ≈ σ·(NP)^¼ is
+invisible to any method at that n and d (the BBP transition).
 
 `analyze_runs(runs_dir, out_dir)` applies this to every run directory with features (final and
 per-block) and writes spectrum.json / spectrum.csv / spectrum.png beside a table; it is what
@@ -29,7 +23,6 @@ per-block) and writes spectrum.json / spectrum.csv / spectrum.png beside a table
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from dataclasses import dataclass, field, replace
@@ -40,58 +33,17 @@ import scipy.linalg
 
 from ..errors import UserError
 from . import groups
+from .noise import NoiseFloor, noise_floor, tw1_cdf, tw1_quantile  # noqa: F401  (re-exported)
 from .tables import markdown_table, output_folder, text_table, write_csv
 
 LEVELS = (0.9, 0.95, 0.99)  # energy shares reported as rank90 / rank95 / rank99
 _REFINE = 1e-5  # eigenvalues of the Gram below this share of the top one are recomputed (see _singular_values)
 _EPS = np.finfo(np.float64).eps
+_ROBUST_ENTRIES = 1 << 21  # the robust noise null sees at most this many entries of Δ (a row subset; 16 MB)
 _CHUNK = 1 << 22  # float64 elements per block of the shift (32 MB): few BLAS calls, no (n, d) copy
 
 
 # -- the spectrum of one shift ----------------------------------------------------------------------
-
-@dataclass(frozen=True, eq=False)
-class NoiseFloor:
-    """How many directions of a shift stand above an isotropic finite-sample noise floor.
-
-    significant: int          directions that pass the sequential Tracy–Widom test
-    sigma: float              estimated noise level per entry of the shift (its units)
-    threshold: float          the singular value direction `significant + 1` had to exceed (0 if none was left)
-    signal: (significant,)    de-biased singular values of the significant directions (noise removed)
-    signal_fraction: float    Σ signal² / ‖Δ‖²: the share of the energy above the noise
-    bulk_ks: float            Kolmogorov–Smirnov distance between the remaining (non-significant)
-                              eigenvalues and the Marchenko–Pastur law the test assumes
-    alpha: float              false-alarm level of each test
-    rows, cols: int           the noise matrix's size: samples (n − 1 when centered) × features
-    """
-
-    significant: int
-    sigma: float
-    threshold: float
-    signal: np.ndarray
-    signal_fraction: float
-    bulk_ks: float
-    alpha: float
-    rows: int
-    cols: int
-
-    @property
-    def white(self) -> bool:
-        """Whether the remaining bulk looks like the white noise the test assumes (KS ≤ max(0.1, 1/√m)).
-
-        False means the noise is heteroscedastic (or the shift has no noise-like bulk at all, e.g. a
-        smooth power-law spectrum): `significant` then counts every direction above the best-fitting
-        white floor and may include noise (pure noise whose level varies ~1.6× across samples
-        gives tens of "directions"), so read it as an upper bound.
-        """
-        m = max(min(self.rows, self.cols) - self.significant, 1)
-        return self.bulk_ks <= max(0.1, 1 / math.sqrt(m))
-
-    def to_dict(self) -> dict:
-        return {"significant": self.significant, "noise_sigma": self.sigma, "noise_floor": self.threshold,
-                "signal_fraction": self.signal_fraction, "noise_ks": self.bulk_ks, "noise_white": self.white,
-                "alpha": self.alpha, "noise_rows": self.rows, "noise_cols": self.cols}
-
 
 @dataclass(frozen=True, eq=False)
 class Spectrum:
@@ -198,7 +150,7 @@ def spectrum(frozen, adapted=None, *, center: bool = True, alpha: float = 0.01,
         offset that the adapter's up-projection bias (and the head's bias) absorbs without using
         rank, so the rank question is about the centered shift; with `center=False` the offset
         counts as a direction. Centering costs one degree of freedom: the noise floor uses n − 1.
-    alpha: false-alarm level of the noise floor's test per direction (see `noise_floor`).
+    alpha: family-wise false-alarm level of the noise floor's tests (see `noise.noise_floor`).
     energy_target: the recommended rank is the fewest significant directions that hold this share
         of the de-biased (above-noise) energy of all significant directions; 0 when none is
         significant — the shift is then indistinguishable from noise at this n and d.
@@ -217,11 +169,23 @@ def spectrum(frozen, adapted=None, *, center: bool = True, alpha: float = 0.01,
     first, second = _shift_matrix(frozen, adapted)
     n, d = first.shape
     s, resolution = _singular_values(first, second, center)
-    floor = noise_floor(s, n - 1 if center else n, d, alpha=alpha, resolution=resolution)
+    floor = noise_floor(s, n - 1 if center else n, d, alpha=alpha, resolution=resolution,
+                        matrix=_sample_rows(first, second, center))
     return Spectrum(singular_values=_readonly(s), n=n, d=d, centered=center,
                     significant=floor.significant,
                     recommended_rank=_recommended(floor.signal, energy_target),
                     energy_target=energy_target, noise=floor)
+
+
+def _sample_rows(first: np.ndarray, second: np.ndarray | None, center: bool) -> np.ndarray:
+    """Δ (centered if asked) as one float64 matrix for the noise floor's diagnostic and robust null; a
+    seeded random subset of _ROBUST_ENTRIES / d rows when the whole would be larger."""
+    n, d = first.shape
+    keep = max(_ROBUST_ENTRIES // d, min(n, 2 * d))
+    rows = slice(None) if n <= keep else np.sort(np.random.default_rng(0).choice(n, keep, replace=False))
+    x = np.array(first[rows], dtype=np.float64) if second is None else np.subtract(second[rows], first[rows],
+                                                                                 dtype=np.float64)
+    return x - x.mean(axis=0) if center else x
 
 
 def _recommended(signal: np.ndarray, target: float) -> int:
@@ -403,119 +367,6 @@ def shared_directions(shifts, *, icc: float = 0.5, alpha: float = 0.01) -> Share
     return Shared(count, est, p, icc, alpha, seeds, rows)
 
 
-# -- the noise floor ----------------------------------------------------------------------------------
-
-def noise_floor(singular_values, rows: int, cols: int, *, alpha: float = 0.01,
-                resolution: float = 0.0) -> NoiseFloor:
-    """Count the directions of a rows × cols shift that stand above white noise (module docstring).
-
-    singular_values: (m,) descending, m >= min(rows, cols) (extra trailing zeros are ignored).
-    rows, cols: the noise matrix's size — samples (n − 1 if the shift was centered) and features.
-    Sequential test, k = 0, 1, ...: σ²_k = noise variance if k directions are signal; direction
-    k+1 is significant if s²_{k+1} > σ²_k·(μ + s_α·σ_TW), μ and σ_TW those of the largest
-    eigenvalue of EᵀE for a max(rows, cols) × (min(rows, cols) − k) standard white E; stop at the
-    first failure. Directions at the float64 round-off level of the largest, or at or below
-    `resolution` (the inputs' rounding, in the singular values' units), never count. `bulk_ks`
-    compares the eigenvalues left untested with the Marchenko–Pastur law (σ², max × (min − k)) the
-    test assumed.
-    """
-    s = np.asarray(singular_values, dtype=np.float64)
-    big, small = max(rows, cols), min(rows, cols)
-    if small < 1 or len(s) == 0 or s[0] <= 0:
-        return NoiseFloor(0, 0.0, 0.0, np.zeros(0), 0.0, 0.0, alpha, rows, cols)
-    unit = s[0]  # work in units of the top singular value: no overflow, and exactly scale-free
-    lam = np.zeros(small)
-    lam[: min(small, len(s))] = (s[:small] / unit) ** 2
-    quantile = tw1_quantile(1 - alpha)
-    numerical = int((np.sqrt(lam) > max(np.sqrt(lam[0]) * big * _EPS * 4, resolution / unit)).sum())
-    k = 0
-    while True:
-        sigma2, signal = _noise_variance(lam, k, big, small)
-        if k >= min(numerical, small):  # nothing but round-off (or nothing at all) is left to test
-            threshold = 0.0
-            break
-        mu, sd = _tw_center_scale(big, small - k)
-        threshold = sigma2 * (mu + quantile * sd)
-        if lam[k] <= threshold:
-            break
-        k += 1
-    bulk = lam[k:] / (sigma2 * big) if sigma2 > 0 and k < numerical else np.zeros(0)
-    return NoiseFloor(k, float(unit * np.sqrt(sigma2)), float(unit * np.sqrt(threshold)), unit * np.sqrt(signal),
-                      float(min(signal.sum() / lam.sum(), 1.0)), _mp_ks(bulk, len(bulk) / big),
-                      alpha, rows, cols)
-
-
-def _mp_ks(x: np.ndarray, ratio: float) -> float:
-    """Kolmogorov–Smirnov distance between values x (m,) and the Marchenko–Pastur law of ratio ≤ 1, unit variance.
-
-    The MP law of the eigenvalues of EᵀE / big, E big × small white: density √((b−x)(x−a)) / (2π·ratio·x)
-    on [a, b] = [(1 ∓ √ratio)²]; its CDF by quadrature in x = a + (b−a)(1 − cos t)/2 (smooth in t).
-    """
-    if len(x) == 0:
-        return 0.0
-    a, b = (1 - math.sqrt(ratio)) ** 2, (1 + math.sqrt(ratio)) ** 2
-    t = np.linspace(0.0, np.pi, 2049)
-    grid = a + (b - a) * (1 - np.cos(t)) / 2
-    density = ((b - a) / 2) ** 2 * np.sin(t) ** 2 / (2 * np.pi * ratio * np.maximum(grid, 1e-300))
-    cdf = np.append(0.0, np.cumsum((density[1:] + density[:-1]) / 2 * np.diff(t)))
-    f = np.interp(np.sort(x), grid, cdf / cdf[-1], left=0.0, right=1.0)
-    m = len(x)
-    return float(max(np.max(np.arange(1, m + 1) / m - f), np.max(f - np.arange(m) / m)))
-
-
-def _noise_variance(lam: np.ndarray, k: int, big: int, small: int) -> tuple[float, np.ndarray]:
-    """Noise variance σ² and de-biased signal energies θj² (j < k) if the top k directions are signal.
-
-    For Δ = L + E (E white, variance σ², big × small), E‖Δ‖² = Σθj² + big·small·σ², and a signal
-    of strength θ appears at λ = (θ² + big·σ²)(θ² + small·σ²)/θ² (Benaych-Georges & Nadakuditi);
-    the two are solved together by a fixed point (a contraction while k ≪ small).
-    """
-    total, top = lam.sum(), lam[:k]
-    if k == 0:
-        return total / (big * small), np.zeros(0)
-    sigma2 = lam[k:].sum() / max((big - k) * (small - k), 1)
-    theta2 = top
-    for _ in range(100):
-        b = top - (big + small) * sigma2
-        disc = b * b - 4.0 * big * small * sigma2 ** 2
-        theta2 = np.where(disc > 0, (b + np.sqrt(np.maximum(disc, 0.0))) / 2, np.maximum(b / 2, 0.0))
-        new = max((total - theta2.sum()) / (big * small), 0.0)
-        if abs(new - sigma2) <= 1e-13 * max(sigma2, 1e-300):
-            sigma2 = new
-            break
-        sigma2 = new
-    return sigma2, theta2
-
-
-def _tw_center_scale(big: int, small: int) -> tuple[float, float]:
-    """Centering and scale of the largest eigenvalue of EᵀE, E a big × small N(0, 1) matrix (Johnstone; Ma's n − ½)."""
-    a, b = math.sqrt(big - 0.5), math.sqrt(max(small - 0.5, 0.5))
-    return (a + b) ** 2, (a + b) * (1 / a + 1 / b) ** (1 / 3)
-
-
-@functools.lru_cache(maxsize=32)
-def tw1_quantile(q: float) -> float:
-    """The q-quantile of the Tracy–Widom law TW1 (0.95 → 0.9793, 0.99 → 2.0234)."""
-    from scipy.optimize import brentq
-
-    return float(brentq(lambda x: tw1_cdf(x) - q, -8.0, 12.0, xtol=1e-10))
-
-
-def tw1_cdf(x: float, nodes: int = 64) -> float:
-    """TW1 distribution function, F1(x) = det(I − K) on L²(0, ∞), K(u, v) = ½·Ai(x + (u+v)/2).
-
-    Gauss–Legendre quadrature of the Fredholm determinant (Bornemann 2010); ~1e-12 accurate.
-    """
-    from scipy.special import airy
-
-    length = max(16.0, 16.0 - 2.0 * x)  # where the Airy kernel has decayed below round-off
-    u, w = np.polynomial.legendre.leggauss(nodes)
-    u, w = (u + 1) * length / 2, w * length / 2
-    root = np.sqrt(w)
-    kernel = 0.5 * airy(x + (u[:, None] + u[None, :]) / 2)[0]
-    return float(np.linalg.det(np.eye(nodes) - root[:, None] * kernel * root[None, :]))
-
-
 # -- a sweep of run directories -------------------------------------------------------------------------
 
 _BLOCK = re.compile(r"^frozen\.block(\d+)$")
@@ -575,6 +426,7 @@ class SpectrumReport:
     notes: tuple[str, ...] = ()
     files: tuple[Path, ...] = ()
     shared: tuple[dict, ...] = ()                # per group of seeds: {"group", "method", "rank", **Shared.to_dict()}
+    recommendations: tuple[dict, ...] = ()       # per rank sweep: `recommend.sweep_recommendations`
 
     def by_rank(self) -> list[dict]:
         """Per configuration with an adapter rank (`groups`: dataset, backbone, config key), across its
@@ -604,6 +456,7 @@ class SpectrumReport:
     def to_dict(self) -> dict:
         return {"analysis": "spectrum", "options": self.options,
                 "runs": [r.to_dict() for r in self.runs], "by_rank": self.by_rank(), "shared": list(self.shared),
+                "recommendations": list(self.recommendations),
                 "skipped": [{"run": run, "reason": why} for run, why in self.skipped],
                 "notes": list(self.notes), "files": [f.name for f in self.files]}
 
@@ -620,6 +473,8 @@ class SpectrumReport:
             parts.append("per configuration with an adapter rank (mean over its seeds)\n" + _text_table(_RANK_TABLE, self.by_rank()))
         if self.shared:
             parts.append(f"directions shared across seeds ({_SHARED_TEXT})\n" + _text_table(_SHARED_TABLE, self.shared))
+        if self.recommendations:
+            parts.append(f"rank recommendation from one run ({_REC_TEXT})\n" + _text_table(_REC_TABLE, self.recommendations))
         if self.flagged():
             parts.append(_FOOTNOTE)
         return "\n\n".join(parts)
@@ -630,8 +485,8 @@ class SpectrumReport:
         lines = ["## Spectrum of the feature shift", "",
                  f"Singular values of ΔH = H_adapted − H_frozen on the evaluation subset"
                  f"{' (centered over samples)' if o.get('center', True) else ''} for {len(self.runs)} run(s). "
-                 f"*Significant* directions stand above an isotropic finite-sample noise floor "
-                 f"(Marchenko–Pastur edge + Tracy–Widom margin, α = {o.get('alpha', 0.01):g} per direction); "
+                 f"*Significant* directions stand above the noise floor (Marchenko–Pastur edge + Tracy–Widom margin "
+                 f"where the noise looks white, else the robust null, starred; α = {o.get('alpha', 0.01):g}); "
                  f"the recommended rank is the fewest of them holding {100 * o.get('energy_target', 0.95):g}% "
                  f"of the above-noise energy; utilization = effective rank / adapter rank.", "",
                  _markdown_table(_TABLE, _starred(r.summary() for r in self.runs)), ""]
@@ -683,7 +538,11 @@ def analyze_runs(runs_dir, out_dir, *, alpha: float = 0.01, center: bool = True,
                   for (ds, bb), v in subsets.items() if len(v) > 1)
     options = {"alpha": alpha, "center": center, "energy_target": energy_target}
     shared = _shared_by_group(found.runs, results, alpha=alpha)
-    report = SpectrumReport(tuple(results), tuple(skipped), out_dir, options, notes, shared=shared)
+    from .recommend import sweep_recommendations
+
+    recs = tuple(sweep_recommendations(found, alpha=alpha, energy_target=energy_target))
+    report = SpectrumReport(tuple(results), tuple(skipped), out_dir, options, notes, shared=shared,
+                            recommendations=recs)
     figures = _figures(report, out_dir) if plot else []
     report = replace(report, files=(out_dir / "spectrum.json", out_dir / "spectrum.csv", *figures))
     write_json(out_dir / "spectrum.json", report.to_dict())
@@ -755,8 +614,14 @@ def _csv_rows(report: SpectrumReport) -> list[dict]:
     return rows
 
 
-_FOOTNOTE = ("* the remaining spectrum does not look like white noise (Marchenko–Pastur fit fails: the noise level "
-             "varies across samples or features, or there is no noise-like bulk): read the count as an upper bound.")
+_REC_TABLE = (("group", "group", "{}"), ("from run", "run", "{}"), ("signif.", "significant", "{}"),
+              ("null", "noise_null", "{}"), ("rec.rank", "recommended_rank", "{}"), ("95% CI", "recommended_ci", "{}"),
+              ("measured elbow", "measured_elbow", "{:g}"), ("within 2x", "within_one_doubling", "{}"))
+_REC_TEXT = ("fewest directions above the noise of the sweep's highest-rank run holding the energy target of their "
+             "above-noise energy, interval: samples resampled; measured elbow: the doubling rule on the sweep's "
+             "accuracy means; within 2x: elbow/2 <= rec.rank <= 2 elbow")
+_FOOTNOTE = ("* the noise does not look white (Marchenko–Pastur fit, row/column energies or kurtosis): counted under "
+             "the robust null (biwhitened; the smaller of a parallel-analysis and an edge-spacing count).")
 
 
 def _starred(rows) -> list[dict]:

@@ -1,0 +1,103 @@
+"""The noise floor off white noise: which null applies, false positives and power under real-looking noise.
+
+Small seeded versions of benchmarks/noise_floor.py (which prints the rates over hundreds of draws).
+"""
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from adaptertune.analysis import noise
+from adaptertune.analysis.spectrum import spectrum
+
+N, D = 300, 32
+
+
+def pure(kind, rng, n=N, d=D):
+    """Unit-RMS pure noise of a kind that defeats the white-noise floor."""
+    if kind == "t3":
+        x = rng.standard_t(3, (n, d))
+    elif kind == "sample-variance":
+        x = rng.standard_normal((n, d)) * rng.lognormal(0, 0.5, (n, 1))
+    elif kind == "feature-variance":
+        x = rng.standard_normal((n, d)) * rng.lognormal(0, 0.5, d)
+    elif kind == "ar1":  # correlated features
+        i = np.arange(d)
+        x = rng.standard_normal((n, d)) @ np.linalg.cholesky(0.6 ** np.abs(i[:, None] - i[None, :])).T
+    else:  # "even-cov": covariance eigenvalues spread evenly, square: passes the diagnostic, has no gap
+        q = np.linalg.qr(rng.standard_normal((d, d)))[0]
+        x = (rng.standard_normal((n, d)) * np.sqrt(np.linspace(0.25, 1.75, d))) @ q.T
+    return x / np.sqrt((x * x).mean())
+
+
+def planted(rng, k, n=N, d=D, factor=2.0, scale=1.0):
+    """k directions at `factor` x the detection limit scale·(NP)^¼."""
+    u = np.linalg.qr(rng.standard_normal((n, k)))[0]
+    v = np.linalg.qr(rng.standard_normal((d, k)))[0]
+    return factor * scale * ((n - 1) * d) ** 0.25 * u @ v.T
+
+
+@pytest.mark.parametrize("kind", ["t3", "sample-variance", "feature-variance", "ar1", "even-cov"])
+def test_pure_noise_that_fools_the_white_floor_gives_no_direction_under_the_robust_null(kind):
+    rng = np.random.default_rng(1)
+    n, d = (120, 120) if kind == "even-cov" else (N, D)
+    for _ in range(3):
+        s = spectrum(pure(kind, rng, n, d))
+        assert s.noise.counts["white"] > 0                  # Marchenko–Pastur alone: false directions
+        assert s.noise.null == "robust"
+        assert s.noise.white == (kind == "even-cov")        # that one passes the diagnostic, fails the gap check
+        assert s.significant == 0 and s.recommended_rank == 0
+
+
+@pytest.mark.parametrize("kind, scale", [("t3", 1.0), ("sample-variance", 1.0), ("ar1", 2.0)])
+def test_planted_directions_at_twice_the_detection_limit_are_found_off_white_noise(kind, scale):
+    # correlated noise: the limit is set by the noise along its strongest direction (AR(1) 0.6: ~2x its RMS)
+    rng = np.random.default_rng(2)
+    s = spectrum(pure(kind, rng) + planted(rng, 2, scale=scale))
+    assert s.noise.null == "robust" and s.significant == 2
+
+
+def test_white_noise_keeps_the_exact_white_null():
+    rng = np.random.default_rng(3)
+    s = spectrum(rng.standard_normal((N, D)) + planted(rng, 2))
+    assert s.noise.null == "white" and s.noise.white and s.significant == 2
+    assert s.noise.counts == {"white": 2, "edge_unscaled": 2}  # a gap after them; no permutations needed
+    assert s.to_dict()["noise_null"] == "white"
+
+
+def test_diagnostics_are_near_their_white_values_and_move_with_a_variance_profile():
+    rng = np.random.default_rng(4)
+    (rows, cols), kurt = noise.white_diagnostics(rng.standard_normal((2000, 64)))
+    assert abs(rows - 1) < 0.2 and abs(cols - 1) < 0.6 and abs(kurt) < 0.05     # sd ~0.03, ~0.18, ~0.01
+    (rows, cols), _ = noise.white_diagnostics(rng.standard_normal((2000, 64)) * rng.lognormal(0, 0.5, (2000, 1)))
+    assert rows > 5 * cols > 5
+
+
+def test_biwhitening_equalizes_row_and_column_mean_squares():
+    rng = np.random.default_rng(5)
+    x = rng.uniform(-1, 1, (200, 30)) * rng.uniform(0.2, 5, (200, 1)) * rng.uniform(0.2, 5, 30)  # no outliers to clip
+    y = noise.biwhiten(x)          # (re-centered at the end: mean squares then differ by the columns' means)
+    rows, cols = (y * y).mean(1), (y * y).mean(0)
+    assert np.ptp(rows) / rows.mean() < 0.2 and np.ptp(cols) / cols.mean() < 0.05
+    assert np.ptp((x * x).mean(1)) / (x * x).mean() > 3                            # before: far from equal
+    assert np.linalg.matrix_rank(noise.biwhiten(planted(rng, 3, 200, 30, 10.0)), tol=1e-8) <= 4  # rank kept (+ centering)
+
+
+def test_edge_reference_matches_dense_gaussian_matrices():
+    """The bidiagonal sampler of the edge-spacing law agrees with eigenvalues of dense white matrices."""
+    rng = np.random.default_rng(6)
+    big, small, kmax = 80, 24, 6
+    ref = noise._edge_reference(big, small, kmax)
+    dense = [noise.spacing_ratios(np.linalg.eigvalsh((g := rng.standard_normal((big, small))).T @ g)[::-1], kmax).max()
+             for _ in range(300)]
+    assert stats.ks_2samp(ref, dense).pvalue > 0.01
+
+
+def test_deflated_parallel_analysis_finds_an_exact_rank_behind_strong_directions():
+    rng = np.random.default_rng(7)
+    u = rng.standard_normal((500, 8)) * np.array([6, 4, 3, 1, 1, 1, 1, 1.0])  # 3 strong, 5 weak directions
+    x = u @ np.linalg.qr(rng.standard_normal((40, 8)))[0].T + 0.05 * rng.standard_normal((500, 40))
+    y = x - x.mean(0)
+    lam = noise._eigenvalues(y)
+    assert noise.permutation_count(y, lam, 0.01, 99, rng, 20) == 8
+    assert noise.edge_count(lam, 499, 40, 0.01, 20) == 8
