@@ -11,10 +11,10 @@ import importlib
 import sys
 from pathlib import Path
 
+from .analysis.tables import ANALYSIS_MODULES
 from .config import Config
 from .errors import UserError
 
-ANALYSES = ("spectrum", "capacity", "significance")
 
 
 def _train_parser(sub) -> None:
@@ -48,8 +48,8 @@ def _train(args) -> int:
 
 
 def _analysis_parser(sub, name: str) -> None:
-    """A subcommand served by adaptertune.analysis.<name>: its add_arguments() and run_command()."""
-    module = importlib.import_module(f"adaptertune.analysis.{name}")
+    """A subcommand served by its analysis module (`ANALYSIS_MODULES`): add_arguments() and run_command()."""
+    module = importlib.import_module(f"adaptertune.analysis.{ANALYSIS_MODULES.get(name, name)}")
     q = sub.add_parser(name, help=(module.__doc__ or "").strip().splitlines()[0],
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     q.add_argument("runs", type=Path, help="a folder of run directories (searched recursively)")
@@ -95,7 +95,7 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     analyze = sub.add_parser("analyze", help="analyse finished runs").add_subparsers(dest="analysis", required=True)
-    for name in ANALYSES:
+    for name in ANALYSIS_MODULES:
         _analysis_parser(analyze, name)
     _analysis_parser(sub, "report")
     _demo_parser(sub)

@@ -7,7 +7,7 @@ settings) through `sweep.run_sweep`, then runs the analyses the demo runs and pr
 - the elbow of the capacity fit (`analysis.capacity.analyze_runs`) with its 95% interval, the
   elbow predicted from the feature shift's spectrum, and the same doubling rule on the measured
   means (no fitted curve);
-- the spectrum of the highest-rank adapter runs' feature shift (`analysis.spectrum.analyze_runs`):
+- the spectrum of the highest-rank adapter runs' feature shift (`analysis.spectrum_runs.analyze_runs`):
   the directions the seeds share (significantly; `spectrum.shared_directions`), and the directions
   holding 95% of its energy (median over seeds);
 - head-only vs the adapter rank chosen on validation: `analysis.significance.compare`, one-sided,
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from adaptertune.analysis import capacity, significance, spectrum
+from adaptertune.analysis import capacity, significance, spectrum_runs
 from adaptertune.analysis.capacity_fit import p_text
 from adaptertune.analysis.tables import text_table
 from adaptertune.demo import plan_runs
@@ -52,7 +52,7 @@ def validate(k: int, out: Path, quick: bool = False, log=print) -> dict:
     fit = cap.groups[0].fit
     pred = cap.groups[0].prediction
 
-    spec = spectrum.analyze_runs(runs_dir, analysis_dir, plot=False)
+    spec = spectrum_runs.analyze_runs(runs_dir, analysis_dir, plot=False)
     adapters = [r for r in spec.runs if r.row.get("method") == "adapter"]
     top = max(r.row["rank"] for r in adapters)
     at_top = [r.spectrum for r in adapters if r.row["rank"] == top]

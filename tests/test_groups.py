@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from adaptertune import runs
-from adaptertune.analysis import capacity, groups, report, significance, spectrum
+from adaptertune.analysis import capacity, groups, report, significance, spectrum_runs
 from adaptertune.analysis.claims import Claim, evaluate_claim
 from adaptertune.config import Config
 from adaptertune.demo import headline
@@ -110,7 +110,7 @@ def test_report_overview_has_one_row_per_configuration(mixed):
 
 def test_spectrum_averages_and_shares_only_within_a_configuration(mixed, tmp_path):
     root, written = mixed
-    result = spectrum.analyze_runs(root, tmp_path, plot=False)
+    result = spectrum_runs.analyze_runs(root, tmp_path, plot=False)
     per_run = {(r.row["dataset"], r.row["label"], r.row["seed"]): r.spectrum for r in result.runs}
     rows = result.by_rank()
     assert len(rows) == 18 and {(b["dataset"], b["label"]) for b in rows} == {k for k in written if k[1] != "head"}

@@ -320,7 +320,7 @@ def test_command_prints_table_writes_files_and_names_skipped_runs(sweep, capsys)
 
 
 def test_command_out_option_and_markdown(sweep, tmp_path, capsys):
-    from adaptertune.analysis.spectrum import analyze_runs
+    from adaptertune.analysis.spectrum_runs import analyze_runs
 
     out = tmp_path / "elsewhere"
     assert main(["analyze", "spectrum", str(sweep), "--out", str(out), "--alpha", "0.05"]) == 0

@@ -18,7 +18,7 @@ file (the `analyze_runs` of each module, behind the command line, is what writes
     derive()                              -> Theory          the capacity model in sympy (theory.py)
 
 `spectrum` and `significance` are both these functions and their modules (`from adaptertune.analysis
-import spectrum` then `spectrum.analyze_runs(...)` still works): each module can be called as its
+import spectrum` then `spectrum.Spectrum` still works): each module can be called as its
 function (`significance(...)` is `significance.analyze`).
 """
 

@@ -271,7 +271,7 @@ def build(runs_dir: Path, out_dir: Path, *, claims: Path | None = None, n_boot: 
           title: str = "adaptertune study", log=print) -> Paper:
     """Every table and figure of the study in `runs_dir`, written to out_dir/tables, out_dir/figures and
     out_dir/main.tex. An analysis that cannot run on these runs leaves its table out, with a note."""
-    from . import capacity, plots, significance, spectrum
+    from . import capacity, plots, significance, spectrum_runs
     from .report import overview as overview_of
 
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
@@ -311,7 +311,7 @@ def build(runs_dir: Path, out_dir: Path, *, claims: Path | None = None, n_boot: 
         except UserError as e:
             notes.append(f"capacity: {e}")
         try:
-            figures["spectrum"] = plots.spectrum_figure(spectrum.analyze_runs(runs_dir, Path(tmp) / "spectrum",
+            figures["spectrum"] = plots.spectrum_figure(spectrum_runs.analyze_runs(runs_dir, Path(tmp) / "spectrum",
                                                                               plot=False))
         except UserError as e:
             notes.append(f"spectrum: {e}")

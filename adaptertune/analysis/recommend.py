@@ -7,7 +7,7 @@ energy (`Spectrum.recommended_rank`). Its interval resamples the samples (rows o
 replacement, recomputes the singular values and the same share with the count held fixed, and takes
 the 2.5/97.5% percentiles. The capacity model's doubling elbow (the rank from which a doubling gains
 less than δ points) is what the recommendation estimates when accuracy follows the captured energy:
-`sweep_recommendations` puts both side by side for every sweep with a measured accuracy per rank, so a
+`spectrum_runs.sweep_recommendations` puts both side by side for every sweep with a measured accuracy per rank, so a
 user sees whether one run would have told them the rank the whole sweep found (within one doubling:
 elbow/2 ≤ rank ≤ 2·elbow).
 """
@@ -68,31 +68,3 @@ def within_one_doubling(rank: float | None, elbow: float | None) -> bool | None:
     if rank is None or elbow is None or not math.isfinite(elbow):
         return None
     return elbow / 2 <= rank <= 2 * elbow
-
-
-def sweep_recommendations(found, *, alpha: float = 0.01, energy_target: float = 0.95, n_boot: int = 50) -> list[dict]:
-    """Per adapter rank sweep (`capacity.collect`'s sweeps): the recommendation from its highest-rank run
-    with features (the first seed) and the sweep's measured elbow (the doubling rule on the rank means)."""
-    from .capacity import _columns, collect, group_label
-    from .capacity_fit import DELTA, means_elbow
-
-    groups, _, _ = collect(found)
-    out = []
-    for key, members in groups.items():
-        top = max(m[0] for m in members)
-        runs = sorted((m for m in members if m[0] == top and (m[3].path / "features.safetensors").exists()),
-                      key=lambda m: m[1])
-        if not runs:
-            continue
-        arrays = runs[0][3].features()
-        if "frozen" not in arrays or "adapted" not in arrays:
-            continue
-        rec = recommend(arrays["frozen"], arrays["adapted"], alpha=alpha, energy_target=energy_target, n_boot=n_boot)
-        ranks = np.array([m[0] for m in members], float)
-        levels = np.unique(ranks)
-        means = np.array([np.mean([m[2] for m in members if m[0] == r]) for r in levels])
-        elbow = float(means_elbow(levels, means, DELTA)) if levels.size >= 2 else None
-        out.append({"group": group_label(_columns(members, key)), "run": runs[0][3].id, "from_rank": top,
-                    **rec.to_dict(), "measured_elbow": elbow if elbow is None or math.isfinite(elbow) else None,
-                    "within_one_doubling": within_one_doubling(rec.rank, elbow)})
-    return out

@@ -16,9 +16,9 @@ import numpy as np
 from .. import runs
 from ..errors import UserError
 from . import groups
-from .tables import markdown_table, output_folder
+from .tables import ANALYSIS_MODULES, markdown_table, output_folder
 
-SECTIONS = ("spectrum", "capacity", "significance")
+SECTIONS = tuple(ANALYSIS_MODULES)  # spectrum, capacity, significance
 
 
 def overview(rows: list[dict]) -> list[dict]:
@@ -81,7 +81,7 @@ def build(runs_dir: Path, out_dir: Path, *, claims: Path | None = None, title: s
              + (f"; {len(found.skipped)} skipped." if found.skipped else "."), "## Test accuracy",
              _overview_markdown(table)]
     for name in SECTIONS:
-        module = importlib.import_module(f"adaptertune.analysis.{name}")
+        module = importlib.import_module(f"adaptertune.analysis.{ANALYSIS_MODULES[name]}")
         options = {"claims": claims} if name == "significance" and claims else {}
         try:
             result = module.analyze_runs(runs_dir, out_dir, **options)

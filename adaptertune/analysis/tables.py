@@ -14,6 +14,11 @@ from pathlib import Path
 from .. import runs
 
 
+# The analyses behind `adaptertune analyze NAME` and the report's sections: name -> the module whose
+# analyze_runs / add_arguments / run_command serve it (the spectrum's run command is apart from the
+# pure spectrum, which the recommendation and the capacity model import).
+ANALYSIS_MODULES = {"spectrum": "spectrum_runs", "capacity": "capacity", "significance": "significance"}
+
 def text_table(head, rows, align: str | None = None) -> str:
     """Columns padded to their widest cell, two spaces apart, trailing spaces removed."""
     lines = [list(head), *map(list, rows)]
