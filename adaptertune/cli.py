@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import importlib
+import math
 import sys
 from pathlib import Path
 
@@ -15,6 +16,19 @@ from .analysis.tables import ANALYSIS_MODULES
 from .config import Config
 from .errors import UserError
 
+METRICS = ("test_acc1", "test_acc5", "best_val_acc1")  # what a run's summary measures, in percent
+# Analysis options' bounds: (low, high, low included, high included).
+ANALYSIS_RANGES = {
+    "delta": (0.0, 100.0, False, True), "horizon": (1.0, 1e6, True, True), "alpha": (0.0, 1.0, False, False),
+    "energy_target": (0.0, 1.0, False, True), "bootstrap": (10, 10**7, True, True), "seed": (0, 2**32 - 1, True, True),
+}
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line on stderr (exit 2) instead of the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"adaptertune: error: {message} (see {self.prog} --help)\n")
 
 
 def _train_parser(sub) -> None:
@@ -47,6 +61,57 @@ def _train(args) -> int:
     return run_sweep(configs, Path(args.out))
 
 
+def _check_analysis(args) -> None:
+    """The analyses' inputs, before any is read: options in range, paths that exist, a readable claims file."""
+    source = Path(args.runs)
+    csv_ok = getattr(args, "analysis", None) == "significance"
+    if not source.exists():
+        raise UserError(f"{source}: no such folder")
+    if not source.is_dir() and not (csv_ok and source.suffix.lower() == ".csv"):
+        raise UserError(f"{source}: a file, not a folder of runs" + (" (or a .csv table)" if csv_ok else ""))
+    if args.out is not None:
+        from .preflight import check_out
+
+        check_out(Path(args.out))
+    for name, (lo, hi, lo_in, hi_in) in ANALYSIS_RANGES.items():
+        v = getattr(args, name, None)
+        if v is None:
+            continue
+        ok = math.isfinite(v) and (lo <= v if lo_in else lo < v) and (v <= hi if hi_in else v < hi)
+        if not ok:
+            brackets = ("[" if lo_in else "(") + f"{lo}, {hi}" + ("]" if hi_in else ")")
+            raise UserError(f"--{name.replace('_', '-')} must be in {brackets}, got {v}")
+    metric = getattr(args, "metric", None)
+    if metric is not None and source.is_dir() and metric not in METRICS:
+        raise UserError(f"--metric {metric!r}: choose one of {', '.join(METRICS)}")
+    if getattr(args, "claims", None) is not None:
+        _check_claims_file(Path(args.claims))
+
+
+def _check_claims_file(path: Path) -> None:
+    """A claims file that exists, is UTF-8 TOML, and whose numbers (bounds, alpha, k, m) are finite."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    if not path.is_file():
+        raise UserError(f"--claims {path}: " + ("a folder, not a file" if path.is_dir() else "no such file"))
+    try:
+        doc = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise UserError(f"--claims {path}: unreadable ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"--claims {path}: not UTF-8 text (byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"--claims {path}: not valid TOML ({e})".splitlines()[0]) from None
+    tables = [("file", doc)] + [(f"claim {i + 1}", c) for i, c in enumerate(doc.get("claim") or [])
+                                if isinstance(c, dict)]
+    for where, table in tables:
+        for key, v in table.items():
+            if isinstance(v, float) and not math.isfinite(v):
+                raise UserError(f"--claims {path}: {where}: field {key!r} must be a finite number, got {v}")
+
+
 def _analysis_parser(sub, name: str) -> None:
     """A subcommand served by its analysis module (`ANALYSIS_MODULES`): add_arguments() and run_command()."""
     module = importlib.import_module(f"adaptertune.analysis.{ANALYSIS_MODULES.get(name, name)}")
@@ -55,7 +120,7 @@ def _analysis_parser(sub, name: str) -> None:
     q.add_argument("runs", type=Path, help="a folder of run directories (searched recursively)")
     q.add_argument("--out", type=Path, default=None, help="output folder (default: RUNS/analysis)")
     module.add_arguments(q)
-    q.set_defaults(func=module.run_command)
+    q.set_defaults(func=lambda args: _check_analysis(args) or module.run_command(args))
 
 
 def _demo_parser(sub) -> None:
@@ -91,7 +156,7 @@ def _paper_parser(sub) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="adaptertune", description=__doc__.splitlines()[0])
+    p = Parser(prog="adaptertune", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     _train_parser(sub)
     analyze = sub.add_parser("analyze", help="analyse finished runs").add_subparsers(dest="analysis", required=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 
 from .errors import UserError
@@ -21,10 +22,23 @@ PRECISIONS = ("auto", "fp32", "bf16")
 
 # What a run's identity leaves out (`Config.identity`): options that decide how a run executes, not
 # what it computes, and options that the method or the dataset does not read.
-EXECUTION = ("data_root", "device", "compile", "cache_features", "workers", "log_every", "block_features")
+EXECUTION = ("data_root", "device", "compile", "cache_features", "workers", "log_every", "block_features", "quiet")
 ADAPTER_ONLY = ("rank", "placement", "blocks", "init", "activation", "scale")
 SYNTHETIC_ONLY = ("num_classes", "train_samples", "test_samples")  # read by the synthetic and planted tasks
 PLANTED_ONLY = ("planted_rank", "planted_strength")
+
+# Inclusive bounds of the numeric fields (None: unbounded on that side); `validate` checks them.
+# The upper bounds stop values no run can use (a seed beyond what the generators take, an epoch
+# count that never ends) before any run starts; what depends on the backbone is in preflight.py.
+RANGES = {
+    "rank": (0, 65536), "scale": (-1e6, 1e6), "seed": (0, 2**31 - 1), "epochs": (1, 100_000),
+    "batch_size": (1, 2**20), "lr": (0.0, None), "weight_decay": (0.0, 1e3), "warmup_epochs": (0.0, 100_000.0),
+    "clip_grad": (0.0, 1e6), "label_smoothing": (0.0, 1.0), "image_size": (0, 4096), "val_fraction": (0.0, 1.0),
+    "feature_samples": (1, 10**7), "num_classes": (2, 100_000), "train_samples": (2, 10**7),
+    "test_samples": (1, 10**7), "planted_rank": (0, 65536), "planted_strength": (0.0, 1e6), "workers": (0, 256),
+    "log_every": (0, 10**9),
+}
+_KINDS = {"int": int, "float": float, "bool": bool, "str": str}  # field annotations (strings) -> types
 
 
 def _opt(default, help, **kw):
@@ -79,30 +93,61 @@ class Config:
     cache_features: bool = _opt(True, "head-only without augmentation trains on backbone features computed once")
     workers: int = _opt(4, "workers decoding image files into the uint8 cache")
     log_every: int = _opt(50, "steps between progress lines")
+    quiet: bool = _opt(False, "no progress bars (there are none either when stdout is not a terminal)")
 
     # ------------------------------------------------------------------------------------------
     def validate(self) -> "Config":
+        """Every field's type, choice and range, model-independent (preflight.py checks the rest
+        against the backbone, the device and the file system). Raises UserError naming the flag."""
         for f in dataclasses.fields(self):
+            v, kind = getattr(self, f.name), _KINDS.get(f.type)
+            if kind is None:  # an annotation we do not check (Optional, unions)
+                continue
+            if kind is float and isinstance(v, int) and not isinstance(v, bool):
+                v = float(v)
+            if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
+                raise UserError(f"--{_flag(f.name)} {v!r}: expected {kind.__name__}")
+            if kind is float and not math.isfinite(v):
+                raise UserError(f"--{_flag(f.name)} {v}: not finite")
             choices = f.metadata.get("choices")
-            if choices and getattr(self, f.name) not in choices:
-                raise UserError(f"--{_flag(f.name)} {getattr(self, f.name)!r}: choose one of {', '.join(choices)}")
+            if choices and v not in choices:
+                raise UserError(f"--{_flag(f.name)} {v!r}: choose one of {', '.join(choices)}")
+            lo, hi = RANGES.get(f.name, (None, None))
+            if (lo is not None and v < lo) or (hi is not None and v > hi):
+                bound = f"in [{lo}, {hi}]" if hi is not None else f"at least {lo}"
+                raise UserError(f"--{_flag(f.name)} must be {bound}, got {v}")
         if self.method == "adapter" and self.rank < 1:
             raise UserError(f"--rank {self.rank}: an adapter needs rank >= 1")
-        for name in ("epochs", "batch_size", "feature_samples", "num_classes", "train_samples", "test_samples"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
         if self.shots < 0:
             raise UserError(f"--shots must be >= 0 (0: all training images), got {self.shots}")
         if not 0 < self.layer_decay <= 1:
             raise UserError(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
+        if not 0 < self.lr:
+            raise UserError(f"--lr must be positive, got {self.lr}")
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.dataset in ("synthetic", "planted"):
+            n_val = max(1, round(self.train_samples * self.val_fraction))
+            if n_val >= self.train_samples:
+                raise UserError(f"--train-samples {self.train_samples} at --val-fraction {self.val_fraction} "
+                                "leaves no training images")
+        if self.dataset == "planted" and self.planted_rank < 1:
+            raise UserError(f"--planted-rank must be at least 1, got {self.planted_rank}")
+        if not self.dataset or self.dataset == "folder:":
+            raise UserError("--dataset is empty: name a dataset, folder:PATH, synthetic or planted")
         parse_blocks(self.blocks, depth=None)
         return self
 
     @property
     def run_id(self) -> str:
-        """`{dataset}-{backbone}-{method}[-r{rank}]-s{seed}`, plus what differs from the defaults."""
+        """`{dataset}-{backbone}-{method}[-r{rank}][-options]-{config_key}-s{seed}`.
+
+        The readable part names what a sweep varies (plus the adapter options that differ from the
+        defaults); `config_key()` covers every other result-changing field, so two configurations
+        never share a directory, and the seeds of one configuration differ only in `-s{seed}`.
+        """
         dataset = self.dataset.replace("folder:", "").rstrip("/").split("/")[-1].replace(":", "-")
         parts = [dataset, self.backbone, self.method]
         if self.method == "adapter":
@@ -117,7 +162,7 @@ class Config:
             parts.append(f"{self.shots}shot")
         if self.layer_decay != 1.0:
             parts.append(f"ld{self.layer_decay:g}")
-        parts.append(f"s{self.seed}")
+        parts += [self.config_key(), f"s{self.seed}"]
         return "-".join(parts)
 
     def identity(self) -> dict:

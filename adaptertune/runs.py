@@ -9,12 +9,20 @@
                                "frozen.prelogits", "adapted.prelogits" (n, d): what the head reads;
                                "labels", "indices" (n,) int64; optionally "frozen.block{i}", "adapted.block{i}"
 
-Every file is written to a temporary name and renamed, so a crash never leaves half a file.
+    <run>/checkpoint.safetensors  while it trains: the last epoch's state (checkpoint.py); removed
+                               once summary.json is written
+    <run>/claim.json           while a worker trains it: who (lock.py)
+
+The directory is named `Config.run_id`: readable fields, then `config_key()` (a digest of every
+other result-changing field), then the seed; `check_identity` refuses to skip or resume a run whose
+recorded config.json says otherwise. Every file is written to a temporary name and renamed, so a
+crash never leaves half a file; `tidy` removes the temporary files a killed writer left behind.
 Imports no torch: the analyses read runs with numpy only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -68,9 +76,48 @@ def append_line(path: Path, row: dict) -> None:
         os.fsync(f.fileno())
 
 
+def remove(path: Path) -> None:
+    """Remove a file if it is there (a write point of its own: the fault tests count it)."""
+    Path(path).unlink(missing_ok=True)
+
+
+def tidy(run_dir: Path) -> None:
+    """Remove the temporary files that writers killed mid-write left in `run_dir`."""
+    for tmp in Path(run_dir).glob(".*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
+def set_aside(path: Path) -> Path:
+    """Rename an unusable file out of the way (kept for inspection); returns its new name."""
+    path = Path(path)
+    aside = path.with_name(path.name + ".set-aside")
+    os.replace(path, aside)
+    return aside
+
+
+def check_identity(run_dir: Path, config: Config) -> None:
+    """Raise UserError if `run_dir` holds a config.json recorded with another identity than `config`'s."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        return
+    try:
+        recorded = Config.from_dict(json.loads(path.read_text())).identity()
+    except (OSError, ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{run_dir}: unreadable config.json ({e.__class__.__name__}); move the run away") from None
+    differ = identity_diff(recorded, config.identity())
+    if differ:
+        raise UserError(f"{run_dir}: recorded with another configuration: {differ}; move it away or use another --out")
+
+
+def identity_diff(recorded: dict, wanted: dict) -> str:
+    """The fields where two identities differ, as 'name RECORDED (now WANTED), ...'; '' if none."""
+    differ = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    return ", ".join(f"{k} {recorded.get(k)!r} (now {wanted.get(k)!r})" for k in differ)
+
+
 def read_lines(path: Path) -> list[dict]:
     rows = []
-    for line in Path(path).read_text().splitlines():
+    for line in Path(path).read_text(errors="replace").splitlines():
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError:
@@ -165,36 +212,113 @@ class Discovery:
         return "\n".join(f"skipped {p}: {why}" for p, why in self.skipped)
 
 
+REQUIRED = ("dataset", "backbone", "method", "seed")  # what every analysis groups or pairs runs by
+STATUSES = ("complete", "diverged", "failed")
+MEASURES = ("test_acc1", "test_acc5", "test_loss", "best_val_acc1", "trainable_params", "total_params",
+            "trainable_fraction", "train_seconds")
+
+
 def read_run(path: Path) -> Run:
-    """Read one run directory; raises UserError naming what is wrong."""
+    """Read one run directory; raises UserError naming what is wrong.
+
+    Checked: config.json and summary.json are JSON objects; the config names dataset, backbone,
+    method and seed, and its known fields have their Config types; the summary's status is known and
+    its measures are finite numbers (or null); features.safetensors, if there, has frozen and
+    adapted features of one shape (n, d) and n labels/indices. Only headers are read.
+    """
     path = Path(path)
-    try:
-        config = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"unreadable config.json ({e.__class__.__name__})") from None
-    if not (path / "summary.json").exists():
-        raise UserError("incomplete (no summary.json)")
-    try:
-        summary = json.loads((path / "summary.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"unreadable summary.json ({e.__class__.__name__})") from None
-    if not isinstance(config, dict) or not isinstance(summary, dict):
-        raise UserError("config.json / summary.json is not a JSON object")
+    config, summary = (_read_object(path / name) for name in ("config.json", "summary.json"))
+    _check_config(config)
+    status = summary.get("status")
+    if status not in STATUSES:
+        raise UserError(f"summary.json: unknown status {status!r}")
+    for key in MEASURES:
+        v = summary.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise UserError(f"summary.json: {key} {v!r} is not a number")
+        if v is not None and not math.isfinite(v):
+            raise UserError(f"summary.json: {key} is {v}")
+    features = path / "features.safetensors"
+    if features.exists():
+        _check_features(feature_shapes(features))
     return Run(path, config, summary)
 
 
-def discover(root: Path, complete_only: bool = True) -> Discovery:
-    """Walk `root` for run directories (folders holding config.json), sorted by path.
+def _read_object(path: Path) -> dict:
+    if not path.exists():
+        raise UserError(f"incomplete (no {path.name})" if path.name == "summary.json" else f"no {path.name}")
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
+        raise UserError(f"unreadable {path.name} ({e.__class__.__name__})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path.name} is not a JSON object")
+    return obj
 
-    With `complete_only`, runs whose status is not "complete" are skipped with the reason.
-    Raises UserError if `root` does not exist.
+
+def _check_config(config: dict) -> None:
+    missing = [k for k in REQUIRED if k not in config]
+    if missing:
+        raise UserError(f"config.json lacks {', '.join(missing)}")
+    for f in dataclasses.fields(Config):
+        if f.name not in config or (f.name not in REQUIRED and config[f.name] is None):
+            continue
+        v, kind = config[f.name], {"int": int, "float": (int, float), "bool": bool, "str": str}.get(f.type)
+        if kind is None:
+            continue
+        if not isinstance(v, kind) or (kind is not bool and isinstance(v, bool)):
+            raise UserError(f"config.json: {f.name} {v!r} is not {f.type}")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise UserError(f"config.json: {f.name} is {v}")
+
+
+def feature_shapes(path: Path) -> dict[str, list[int]]:
+    """{name: shape} from a safetensors file's header, without reading its tensors."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 2 <= n <= 100_000_000:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+        return {k: list(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"unreadable features.safetensors ({e.__class__.__name__})") from None
+
+
+def _check_features(shapes: dict[str, list[int]]) -> None:
+    frozen, adapted = shapes.get("frozen"), shapes.get("adapted")
+    if frozen is None or adapted is None:
+        raise UserError("features.safetensors lacks frozen or adapted features")
+    if len(frozen) != 2 or frozen != adapted:
+        raise UserError(f"features.safetensors: frozen {frozen} and adapted {adapted} are not one (n, d) shape")
+    for key in ("labels", "indices"):
+        if key in shapes and shapes[key] != frozen[:1]:
+            raise UserError(f"features.safetensors: {key} {shapes[key]} for {frozen[0]} samples")
+
+
+def discover(root: Path, complete_only: bool = True) -> Discovery:
+    """Walk `root` for run directories (folders holding config.json or summary.json), sorted by path.
+
+    Skipped, each with its reason: runs `read_run` refuses; with `complete_only`, runs whose status is
+    not "complete"; runs whose feature width differs from the most common one among the runs of
+    their dataset and backbone; and every run whose id (folder name) another run under `root` has
+    too, since no analysis could tell which one is meant. Raises UserError if `root` does not exist.
     """
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"{root}: no such directory")
     found = Discovery()
-    for config_path in sorted(root.rglob("config.json")):
-        path = config_path.parent
+    dirs = sorted({p.parent for name in ("config.json", "summary.json") for p in root.rglob(name)})
+    by_id: dict[str, list[Path]] = {}
+    for path in dirs:
+        by_id.setdefault(path.name, []).append(path)
+    widths: dict[tuple, dict[int, int]] = {}
+    candidates = []
+    for path in dirs:
+        twins = [p for p in by_id[path.name] if p != path]
+        if twins:
+            found.skipped.append((path, f"the same run id as {', '.join(map(str, twins))}"))
+            continue
         try:
             run = read_run(path)
         except UserError as e:
@@ -202,11 +326,29 @@ def discover(root: Path, complete_only: bool = True) -> Discovery:
             continue
         status = run.summary.get("status")
         if complete_only and status != "complete":
-            reason = run.summary.get("error") or ""
+            reason = run.summary.get("error") or run.summary.get("reason") or ""
             found.skipped.append((path, f"status {status}" + (f": {reason}" if reason else "")))
             continue
+        width = _width(run)
+        if width is not None:
+            group = widths.setdefault((run.config["dataset"], run.config["backbone"]), {})
+            group[width] = group.get(width, 0) + 1
+        candidates.append((run, width))
+    for run, width in candidates:
+        group = widths.get((run.config["dataset"], run.config["backbone"]), {})
+        common = max(sorted(group), key=group.get) if group else None
+        if width is not None and width != common:
+            found.skipped.append((run.path, f"feature width {width}, but {group[common]} other run(s) of "
+                                             f"{run.config['dataset']}/{run.config['backbone']} have {common}"))
+            continue
         found.runs.append(run)
+    found.skipped.sort(key=lambda s: str(s[0]))
     return found
+
+
+def _width(run: Run) -> int | None:
+    path = run.path / "features.safetensors"
+    return feature_shapes(path)["frozen"][1] if path.exists() else None
 
 
 def is_finished(path: Path) -> bool:

@@ -7,7 +7,7 @@ import re
 import time
 from pathlib import Path
 
-from . import runs
+from . import lock, progress, runs
 from .config import METHODS, Config
 from .errors import UserError
 
@@ -63,32 +63,74 @@ def plan(base: Config, methods: list[str], ranks: list[int], seeds: list[int]) -
     return configs
 
 
-def run_sweep(configs: list[Config], out: Path, log=print) -> int:
+def run_sweep(configs: list[Config], out: Path, log=progress.echo) -> int:
     """Run each configuration into `out/<run-id>`; skip finished runs, resume interrupted ones.
 
-    A diverged run is recorded and the sweep goes on; so does a run that fails with an
-    unexpected error (recorded as "failed", retried by the next sweep). Returns 1 if any failed.
+    This is one worker: several may run the same sweep at once (one per GPU, or one per cluster
+    node on a shared file system); each trains only the runs it claims (lock.py) and skips those a
+    live worker holds. A diverged run is recorded and the sweep goes on; so does a run that fails
+    with an unexpected error (recorded as "failed", retried by the next sweep). Everything a user
+    can get wrong is checked before the first run (preflight.py). Returns 1 if any run failed.
     """
+    from .preflight import check_sweep
+
+    check_sweep(configs, Path(out))
+    outcomes = []
+    show = progress.enabled(any(c.quiet for c in configs))
+    with progress.bar(len(configs), "sweep", show, unit="run", leave=True) as bar:
+        for i, config in enumerate(configs, 1):
+            outcomes.append(_run_one(config, Path(out) / config.run_id, f"[{i}/{len(configs)}] {config.run_id}", log))
+            bar.update()
+    busy = [c.run_id for c, o in zip(configs, outcomes) if o == "busy"]
+    if busy:
+        log(f"{len(busy)} run(s) were being trained by other workers: {', '.join(busy)}")
+    return 1 if "failed" in outcomes else 0
+
+
+def _run_one(config: Config, run_dir: Path, label: str, log) -> str:
+    """Train one run of a sweep if it is not finished and we can claim it; returns what happened:
+    "skipped", "busy" (another worker holds it), "failed", or the run's status."""
     from .train import train_run
 
-    failed = 0
-    for i, config in enumerate(configs, 1):
-        run_dir = Path(out) / config.run_id
-        if runs.is_finished(run_dir):
-            log(f"[{i}/{len(configs)}] {config.run_id}: finished, skipped")
-            continue
-        log(f"[{i}/{len(configs)}] {config.run_id}")
+    if runs.is_finished(run_dir):
+        _tidy_finished(run_dir)
+        log(f"{label}: finished, skipped")
+        return "skipped"
+    claim = lock.claim(run_dir)
+    if claim is None:
+        who = lock.holder(run_dir) or {}
+        log(f"{label}: claimed by {who.get('host', '?')}:{who.get('pid', '?')}, skipped")
+        return "busy"
+    with claim:
+        if runs.is_finished(run_dir):  # finished by another worker between our look and our claim
+            log(f"{label}: finished, skipped")
+            return "skipped"
+        if claim.took_over:
+            log(f"{label}: took over the dead claim of {claim.took_over.get('host', '?')}:"
+                f"{claim.took_over.get('pid', '?')}")
+        log(label)
         start = time.perf_counter()
         try:
             summary = train_run(config, run_dir, log=log)
         except (UserError, KeyboardInterrupt):
             raise
         except Exception as e:  # record it, keep the sweep going
-            failed += 1
-            runs.write_json(run_dir / "summary.json", {"status": "failed", "error": f"{e.__class__.__name__}: {e}"})
-            log(f"[{i}/{len(configs)}] {config.run_id}: FAILED ({e.__class__.__name__}: {e})")
-            continue
-        acc = summary.get("test_acc1")
-        log(f"[{i}/{len(configs)}] {config.run_id}: {summary['status']}"
-            + (f", test acc {acc:.2f}" if acc is not None else "") + f" ({time.perf_counter() - start:.0f}s)")
-    return 1 if failed else 0
+            error = f"{e.__class__.__name__}: {e}".splitlines()[0]
+            try:
+                runs.write_json(run_dir / "summary.json", {"status": "failed", "error": error})
+            except OSError as e2:  # a full disk must not end the sweep: the run stays unfinished
+                log(f"{label}: could not record the failure ({e2.strerror or e2})")
+            log(f"{label}: FAILED ({error})")
+            return "failed"
+    acc = summary.get("test_acc1")
+    log(f"{label}: {summary['status']}" + (f", test acc {acc:.2f}" if acc is not None else "")
+        + f" ({time.perf_counter() - start:.0f}s)")
+    return summary["status"]
+
+
+def _tidy_finished(run_dir: Path) -> None:
+    """What a worker killed after writing summary.json left behind: its checkpoint, temporary files."""
+    from .checkpoint import NAME
+
+    runs.remove(run_dir / NAME)
+    runs.tidy(run_dir)

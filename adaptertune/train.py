@@ -18,17 +18,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__, data, inference, runs
+from . import __version__, checkpoint, data, inference, progress, runs
 from .adapters import adapters_disabled
 from .backbones import build_model, describe, head_names, preprocess, trainable_state
 from .config import Config
+from .errors import UserError
 from .features import PRECISION as FEATURES_PRECISION, extract
 
 
 def resolve_device(name: str) -> torch.device:
+    """`auto`, `cpu`, `cuda` or `cuda:N` as a device this machine has; UserError otherwise."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: no CUDA device on this machine (use --device cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu":
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N")
+    return device
 
 
 def environment() -> dict:
@@ -69,6 +82,7 @@ class Trainer:
 
     def __init__(self, config: Config, log=print):
         self.config, self.log = config, log
+        self.bars = progress.enabled(config.quiet)
         self.device = resolve_device(config.device)
         self.precision = config.precision if config.precision != "auto" else (
             "bf16" if self.device.type == "cuda" else "fp32")
@@ -121,6 +135,7 @@ class Trainer:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
         start, n_steps = time.perf_counter(), math.ceil(len(order) / c.batch_size)
+        bar = progress.bar(n_steps, f"epoch {epoch + 1}", self.bars, unit="step")
         for i, (x, y) in enumerate(self.train_all.batches(list(order.split(c.batch_size)), self.device)):
             for group in self.opt.param_groups:
                 group["lr"] = self.lr * lr_schedule(step, total, warmup) * group.get("lr_scale", 1.0)
@@ -135,8 +150,13 @@ class Trainer:
             step += 1
             loss_sum += loss.detach() * len(y)
             correct += (logits.argmax(1) == y).sum()
+            bar.update()
             if c.log_every and (i + 1) % c.log_every == 0:
-                self.log(f"  step {i + 1}/{n_steps}  loss {loss.item():.4f}")
+                if self.bars:
+                    bar.set_postfix(loss=f"{loss.item():.4f}")
+                else:
+                    self.log(f"  step {i + 1}/{n_steps}  loss {loss.item():.4f}")
+        bar.close()
         seconds = time.perf_counter() - start
         return {"loss": loss_sum.item() / len(order), "acc1": 100 * correct.item() / len(order),
                 "lr": self.opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": len(order) / seconds,
@@ -169,15 +189,25 @@ class Trainer:
 
 
 def train_run(config: Config, run_dir: Path, log=print) -> dict:
-    """Train one configuration into `run_dir` (resuming if a checkpoint is there); returns the summary."""
+    """Train one configuration into `run_dir` (resuming if a checkpoint is there); returns the summary.
+
+    The caller holds the run's claim (lock.py; `sweep.run_sweep` does). The writes come in an order
+    that a kill between any two of them leaves resumable: config and split, then per epoch the
+    train and val lines and the checkpoint; at the end the test line, features, adapter, summary
+    (its presence marks the run finished) and last the checkpoint's removal.
+    """
     config.validate()
     run_dir = Path(run_dir)
+    runs.check_identity(run_dir, config)
     if runs.is_finished(run_dir):
         return json.loads((run_dir / "summary.json").read_text())
     t = Trainer(config, log)
     c = config
-    metrics_path, ckpt_path = run_dir / "metrics.jsonl", run_dir / "checkpoint.pt"
+    metrics_path, ckpt_path = run_dir / "metrics.jsonl", run_dir / checkpoint.NAME
     run_dir.mkdir(parents=True, exist_ok=True)
+    runs.tidy(run_dir)
+    if (run_dir / "checkpoint.pt").exists():  # an old pickle checkpoint: never loaded
+        log(f"{run_dir.name}: set aside {runs.set_aside(run_dir / 'checkpoint.pt')} (pickle, not loaded)")
 
     # config.json + the validation split: written once, reused by a resumed run.
     split_path = run_dir / "split.json"
@@ -210,51 +240,61 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
     steps_per_epoch = math.ceil(len(train_idx) / c.batch_size)
     total, warmup = c.epochs * steps_per_epoch, round(c.warmup_epochs * steps_per_epoch)
     epoch, step, best, best_state, train_seconds = 0, 0, -1.0, None, 0.0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=t.device, weights_only=False)
-        t.model.load_state_dict(ck["trainable"], strict=False)
-        t.opt.load_state_dict(ck["optimizer"])
+    ck = resume(t, ckpt_path, log)
+    if ck is not None:
         epoch, step, best, best_state, frozen, train_seconds = (
-            ck["epoch"], ck["step"], ck["best_val_acc1"], ck["best_state"], ck["frozen"], ck["train_seconds"])
-        runs.write_lines(metrics_path, [m for m in runs.read_lines(metrics_path) if m["epoch"] <= epoch])
+            ck["epoch"], ck["step"], ck["best_val_acc1"], ck["best"], ck["frozen"], ck["train_seconds"])
+        runs.write_lines(metrics_path, epoch_lines(runs.read_lines(metrics_path), epoch))
         log(f"resuming {run_dir.name} after epoch {epoch}/{c.epochs}")
     else:
-        metrics_path.unlink(missing_ok=True)
+        runs.remove(metrics_path)
         with adapters_disabled(t.model):  # the backbone's own features, whatever the adapter init
             frozen = t.features(feat_idx)
 
-    status = "complete"
+    status, reason = "complete", None
+    epochs_bar = progress.bar(c.epochs, f"{run_dir.name}", t.bars, unit="epoch", initial=epoch)
     while epoch < c.epochs:
         tr = t.train_epoch(train_idx, epoch, step, total, warmup)
         step, epoch = tr.pop("step"), epoch + 1
         train_seconds += tr["seconds"]
-        if not math.isfinite(tr["loss"]):
-            runs.append_line(metrics_path, {"epoch": epoch, "split": "train", **tr})
-            status = "diverged"
-            log(f"{run_dir.name}: loss is {tr['loss']} at epoch {epoch}: diverged")
-            break
+        reason = diverged("training loss", tr["loss"]) or diverged_params(t.model)
         runs.append_line(metrics_path, {"epoch": epoch, "split": "train", **tr})
-        if len(val_idx):
+        val = None
+        if reason is None and len(val_idx):
             val = t.evaluate(t.train_all, val_idx)
             runs.append_line(metrics_path, {"epoch": epoch, "split": "val", **val, "lr": tr["lr"]})
-            if val["acc1"] > best:
-                best, best_state = val["acc1"], trainable_state(t.model)
-        else:  # no validation split (VTAB-1k's final run): the last epoch's weights
-            val, best_state = None, trainable_state(t.model)
+            reason = diverged("validation loss", val["loss"])
+        if reason is not None:
+            status = "diverged"
+            log(f"{run_dir.name}: {reason} at epoch {epoch}: diverged")
+            break
+        if val is None:  # no validation split (VTAB-1k's final run): the last epoch's weights
+            best_state = trainable_state(t.model)
+        elif val["acc1"] > best:
+            best, best_state = val["acc1"], trainable_state(t.model)
+        epochs_bar.update()
         log(f"{run_dir.name} epoch {epoch}/{c.epochs}  train loss {tr['loss']:.4f} acc {tr['acc1']:.2f}  "
             + (f"val acc {val['acc1']:.2f}  " if val else "") + f"{tr['images_per_s']:.0f} img/s")
-        runs.atomic_write(ckpt_path, lambda f: torch.save({
-            "epoch": epoch, "step": step, "best_val_acc1": best, "best_state": best_state, "frozen": frozen,
-            "train_seconds": train_seconds, "trainable": trainable_state(t.model),
-            "optimizer": t.opt.state_dict()}, f))
+        checkpoint.save(ckpt_path, trainable=trainable_state(t.model), best=best_state, frozen=frozen,
+                        optimizer=t.opt.state_dict(), meta={
+                            "epoch": epoch, "step": step, "best_val_acc1": best, "train_seconds": train_seconds,
+                            "identity": c.identity()})
+    epochs_bar.close()
 
     summary = {"status": status, **t.counts, "train_seconds": train_seconds, "epochs_done": epoch,
                "best_val_acc1": best if best >= 0 else None}
     if status == "complete":
         t.model.load_state_dict(best_state, strict=False)  # model selection on validation only
         test = t.evaluate(t.test, np.arange(len(t.test)))  # the test split, touched once
-        runs.append_line(metrics_path, {"epoch": epoch, "split": "test", **test})
         adapted = t.features(feat_idx)
+        reason = diverged("test loss", test["loss"]) or next(
+            (f"non-finite {kind} {k}" for kind, feats in (("frozen", frozen), ("adapted", adapted))
+             for k, v in feats.items() if not np.isfinite(v).all()), None)
+        if reason is not None:
+            status = summary["status"] = "diverged"
+            log(f"{run_dir.name}: {reason}: diverged")
+    if status == "complete":
+        runs.append_line(metrics_path, {"epoch": epoch, "split": "test", **test})
         arrays = {"frozen": frozen.pop("features"), "adapted": adapted.pop("features"),
                   "labels": t.test_images.labels[torch.from_numpy(feat_idx)].numpy(), "indices": feat_idx}
         for key in adapted:  # prelogits, block{i}
@@ -264,9 +304,58 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
                          {k: v.float().cpu().numpy() for k, v in best_state.items()},
                          metadata=inference.metadata(c, t.backbone["model"], t.classes, t.pre, env))
         summary.update(test_acc1=test["acc1"], test_acc5=test["acc5"], test_loss=test["loss"])
+    else:
+        summary["reason"] = reason
     runs.write_json(run_dir / "summary.json", summary)  # last: its presence marks the run as finished
-    ckpt_path.unlink(missing_ok=True)
+    runs.remove(ckpt_path)
     return summary
+
+
+def resume(t: Trainer, path: Path, log) -> dict | None:
+    """The checkpoint at `path` applied to `t`'s model and optimizer, or None to start afresh.
+
+    A checkpoint that cannot be read or does not fit the model is set aside (renamed, logged) and
+    the run restarts; one recorded under another identity is refused (UserError), never mixed.
+    """
+    if not path.exists():
+        return None
+    try:
+        ck = checkpoint.load(path)
+        differ = runs.identity_diff(ck["identity"], t.config.identity())
+        if differ:
+            raise UserError(f"{path}: a checkpoint of another configuration ({differ}); not resumed")
+        shapes = {k: v.shape for k, v in trainable_state(t.model).items()}
+        if any({k: v.shape for k, v in ck[part].items()} != shapes for part in ("trainable", "best")):
+            raise checkpoint.Unreadable("its weights do not fit the model")
+        t.opt.load_state_dict(ck["optimizer"])  # checks the groups before it changes anything
+        t.model.load_state_dict(ck["trainable"], strict=False)
+    except (checkpoint.Unreadable, ValueError, KeyError) as e:
+        aside = runs.set_aside(path)
+        log(f"{path.parent.name}: checkpoint unreadable ({e}); set aside as {aside.name}, restarting")
+        return None
+    return ck
+
+
+def epoch_lines(rows: list[dict], epoch: int) -> list[dict]:
+    """The metrics a resume after `epoch` keeps: each (epoch <= epoch, train|val) once, in order."""
+    kept, seen = [], set()
+    for row in rows:
+        key = (row.get("epoch"), row.get("split"))
+        if key[1] in ("train", "val") and isinstance(key[0], int) and key[0] <= epoch and key not in seen:
+            seen.add(key)
+            kept.append(row)
+    return kept
+
+
+def diverged(what: str, value: float) -> str | None:
+    return None if math.isfinite(value) else f"{what} is {value}"
+
+
+def diverged_params(model) -> str | None:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        return "non-finite parameters"
+    return None
 
 
 # `adaptertune.train(...)` is the public API's train (api.py), though this module bears its name.

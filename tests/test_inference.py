@@ -39,7 +39,7 @@ def trained(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["adapter-r4", "full"])
 def test_load_reproduces_the_recorded_test_accuracy(trained, method, monkeypatch):
-    run = trained / "runs" / f"img-vit_nano-{method}-s0"
+    run = next((trained / "runs").glob(f"img-vit_nano-{method}-????????-s0"))  # -{config_key}-
     summary = json.loads((run / "summary.json").read_text())
 
     def no_unpickling(*args, **kwargs):
@@ -66,7 +66,7 @@ def test_load_reproduces_the_recorded_test_accuracy(trained, method, monkeypatch
 def test_adapter_file_metadata_carries_what_load_needs(trained):
     from safetensors import safe_open
 
-    run = trained / "runs" / "img-vit_nano-adapter-r4-s0"
+    run = next((trained / "runs").glob("img-vit_nano-adapter-r4-????????-s0"))
     with safe_open(str(run / "adapter.safetensors"), "pt") as f:
         info = json.loads(f.metadata()["adaptertune"])
     assert info["model"] == "vit_nano" and info["classes"] == list(CLASSES)
@@ -79,7 +79,7 @@ def test_adapter_file_metadata_carries_what_load_needs(trained):
 
 
 def test_predict_prints_the_top_classes_by_name(trained, capsys):
-    run = trained / "runs" / "img-vit_nano-adapter-r4-s0"
+    run = next((trained / "runs").glob("img-vit_nano-adapter-r4-????????-s0"))
     files = [trained / "img" / "test" / "fox" / "0.png", trained / "img" / "test" / "cat" / "1.png"]
     assert main(["predict", str(run), *map(str, files), "--top", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
@@ -95,7 +95,7 @@ def test_predict_prints_the_top_classes_by_name(trained, capsys):
 
 def test_predict_errors_are_one_line(trained, tmp_path, capsys):
     (tmp_path / "bad.png").write_text("not an image")
-    run = trained / "runs" / "img-vit_nano-adapter-r4-s0"
+    run = next((trained / "runs").glob("img-vit_nano-adapter-r4-????????-s0"))
     assert main(["predict", str(run), str(tmp_path / "bad.png")]) == 2
     assert main(["predict", str(tmp_path), str(tmp_path / "bad.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -184,7 +184,8 @@ def test_vtab_runs_select_on_val200_or_train_on_all_1000(tmp_path, rng, vtab_siz
               "--out", str(tmp_path / "runs")]
     for dataset, n_val in (("vtab:dtd:train800", 2), ("vtab:dtd", 0)):
         assert main(["train", "--dataset", dataset, *common]) == 0
-        run = tmp_path / "runs" / Config(dataset=dataset, backbone="vit_nano", method="head").run_id
+        prefix = Config(dataset=dataset, backbone="vit_nano", method="head").run_id.rsplit("-", 2)[0]
+        (run,) = (tmp_path / "runs").glob(f"{prefix}-????????-s0")  # the config key covers --epochs etc.
         resolved = json.loads((run / "config.json").read_text())["resolved"]
         assert (resolved["n_train"], resolved["n_val"], resolved["n_test"]) == (10 - n_val, n_val, 5)
         assert json.loads((run / "split.json").read_text())["val"] == list(range(10 - n_val, 10))

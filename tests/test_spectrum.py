@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -280,9 +281,14 @@ def sweep(make_run):
     return corrupt.parent
 
 
+def plain(text: str) -> str:
+    """Run ids without their config key: planted-vit_nano-adapter-r2-1a2b3c4d-s0 -> ...-r2-s0."""
+    return re.sub(r"-[0-9a-f]{8}(?=-s\d|\b)", "", text)
+
+
 def test_command_prints_table_writes_files_and_names_skipped_runs(sweep, capsys):
     assert main(["analyze", "spectrum", str(sweep)]) == 0
-    out = capsys.readouterr().out
+    out = plain(capsys.readouterr().out)
     assert "eff.rank" in out and "rank90" in out and "signif." in out and "rec.rank" in out
     assert "planted-vit_nano-adapter-r2-s0" in out and "planted-vit_nano-head-s0" in out
     assert "skipped planted-vit_nano-adapter-r8-s0" in out and "unreadable" in out
@@ -292,7 +298,7 @@ def test_command_prints_table_writes_files_and_names_skipped_runs(sweep, capsys)
     for name in ("spectrum.json", "spectrum.csv", "spectrum.png", "spectrum.pdf", "spectrum_blocks.png"):
         assert (folder / name).stat().st_size > 0, name
 
-    report = json.loads((folder / "spectrum.json").read_text())
+    report = json.loads(plain((folder / "spectrum.json").read_text()))
     runs = {r["run"]: r for r in report["runs"]}
     assert len(runs) == 5
     r2 = runs["planted-vit_nano-adapter-r2-s0"]
@@ -325,7 +331,7 @@ def test_command_out_option_and_markdown(sweep, tmp_path, capsys):
     out = tmp_path / "elsewhere"
     assert main(["analyze", "spectrum", str(sweep), "--out", str(out), "--alpha", "0.05"]) == 0
     assert json.loads((out / "spectrum.json").read_text())["options"]["alpha"] == 0.05
-    md = analyze_runs(sweep, out).markdown()
+    md = plain(analyze_runs(sweep, out).markdown())
     assert md.startswith("## ") and "](spectrum.png)" in md and "| planted-vit_nano-adapter-r2-s0 |" in md
     assert "planted-vit_nano-adapter-r8-s0" in md  # skipped runs are listed
 

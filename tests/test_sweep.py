@@ -33,10 +33,12 @@ def test_methods_and_plan():
     with pytest.raises(UserError, match="choose from"):
         parse_methods("adapter,lora")
     configs = plan(Config(), ["adapter", "head"], [4, 8], [0, 1])
+    k4, k8, head = configs[0].config_key(), configs[2].config_key(), configs[4].config_key()
     assert [c.run_id for c in configs] == [
-        "cifar100-vit_small_patch16_224-adapter-r4-s0", "cifar100-vit_small_patch16_224-adapter-r4-s1",
-        "cifar100-vit_small_patch16_224-adapter-r8-s0", "cifar100-vit_small_patch16_224-adapter-r8-s1",
-        "cifar100-vit_small_patch16_224-head-s0", "cifar100-vit_small_patch16_224-head-s1"]
+        f"cifar100-vit_small_patch16_224-adapter-r4-{k4}-s0", f"cifar100-vit_small_patch16_224-adapter-r4-{k4}-s1",
+        f"cifar100-vit_small_patch16_224-adapter-r8-{k8}-s0", f"cifar100-vit_small_patch16_224-adapter-r8-{k8}-s1",
+        f"cifar100-vit_small_patch16_224-head-{head}-s0", f"cifar100-vit_small_patch16_224-head-{head}-s1"]
+    assert len({k4, k8, head}) == 3 and all(configs[i].config_key() == configs[i + 1].config_key() for i in (0, 2, 4))
 
 
 def _error_line(capsys, argv):

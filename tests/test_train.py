@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -29,16 +30,22 @@ def sweep(tmp_path_factory):
     return out, argv
 
 
+def find_run(out, prefix: str, seed: int = 0):
+    """The run folder `{prefix}-{config_key}-s{seed}` under `out`."""
+    (path,) = out.glob(f"{prefix}-????????-s{seed}")
+    return path
+
+
 def test_sweep_writes_complete_run_directories(sweep):
     out, _ = sweep
-    ids = sorted(p.name for p in out.iterdir())
+    ids = sorted(re.sub(r"-[0-9a-f]{8}-s", "-s", p.name) for p in out.iterdir())
     assert ids == sorted(["synthetic-vit_nano-adapter-r1-s0", "synthetic-vit_nano-adapter-r1-s1",
                           "synthetic-vit_nano-adapter-r2-s0", "synthetic-vit_nano-adapter-r2-s1",
                           "synthetic-vit_nano-head-s0", "synthetic-vit_nano-head-s1"])
     for run_dir in out.iterdir():
         names = {p.name for p in run_dir.iterdir()}
         assert {"config.json", "metrics.jsonl", "summary.json", "adapter.safetensors",
-                "features.safetensors"} <= names and "checkpoint.pt" not in names
+                "features.safetensors"} <= names and not {"checkpoint.safetensors", "claim.json"} & names
         config = json.loads((run_dir / "config.json").read_text())
         assert Config.from_dict(config).run_id == run_dir.name
         assert {"resolved", "env"} <= set(config) and config["env"]["torch"] == torch.__version__
@@ -64,17 +71,17 @@ def test_every_run_of_a_sweep_shares_the_frozen_features(sweep):
     for f in feats[1:]:
         assert np.array_equal(f["indices"], feats[0]["indices"])
         np.testing.assert_allclose(f["frozen"], feats[0]["frozen"], rtol=1e-5, atol=1e-5)
-    head = runs.load_arrays(out / "synthetic-vit_nano-head-s0" / "features.safetensors")
-    adapter = runs.load_arrays(out / "synthetic-vit_nano-adapter-r2-s0" / "features.safetensors")
+    head = runs.load_arrays(find_run(out, "synthetic-vit_nano-head") / "features.safetensors")
+    adapter = runs.load_arrays(find_run(out, "synthetic-vit_nano-adapter-r2") / "features.safetensors")
     assert np.array_equal(head["adapted"], head["frozen"])  # a linear probe does not move the features
     assert not np.allclose(adapter["adapted"], adapter["frozen"])
 
 
 def test_adapter_file_holds_only_trainable_weights(sweep):
     out, _ = sweep
-    weights = runs.load_arrays(out / "synthetic-vit_nano-adapter-r2-s0" / "adapter.safetensors")
+    weights = runs.load_arrays(find_run(out, "synthetic-vit_nano-adapter-r2") / "adapter.safetensors")
     assert all(k.startswith("head.") or ".adapter." in k for k in weights)
-    summary = json.loads((out / "synthetic-vit_nano-adapter-r2-s0" / "summary.json").read_text())
+    summary = json.loads((find_run(out, "synthetic-vit_nano-adapter-r2") / "summary.json").read_text())
     assert sum(v.size for v in weights.values()) == summary["trainable_params"]
 
 
@@ -89,11 +96,11 @@ def test_rerun_skips_finished_runs(sweep, capsys):
 def test_killed_run_resumes_and_completes(tmp_path):
     argv = [sys.executable, "-m", "adaptertune.cli", "train", *TINY, "--train-samples", "1000", "--epochs", "6",
             "--rank", "2", "--out", str(tmp_path)]
-    run_dir = tmp_path / "synthetic-vit_nano-adapter-r2-s0"
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+    while not list(tmp_path.glob("*/checkpoint.safetensors")) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.01)
+    run_dir = find_run(tmp_path, "synthetic-vit_nano-adapter-r2")
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (run_dir / "summary.json").exists(), "finished before it could be killed"
@@ -102,6 +109,7 @@ def test_killed_run_resumes_and_completes(tmp_path):
     result = subprocess.run(argv, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert f"resuming {run_dir.name} after epoch" in result.stdout
+    assert "took over the dead claim" in result.stdout  # the killed worker's claim did not block the run
     events = runs.read_lines(run_dir / "metrics.jsonl")
     assert [e["epoch"] for e in events if e["split"] == "val"] == [1, 2, 3, 4, 5, 6]
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "complete"
@@ -113,6 +121,47 @@ def test_diverged_run_is_recorded_and_the_sweep_goes_on(tmp_path, capsys):
     main(argv)
     statuses = [json.loads((p / "summary.json").read_text())["status"] for p in sorted(tmp_path.iterdir())]
     assert statuses == ["diverged", "diverged"]
+
+
+def _poison_params(trainer):  # weights that blow up on the last step while the loss stayed finite
+    with torch.no_grad():
+        trainer.model.head.weight.fill_(float("inf"))
+
+
+@pytest.mark.parametrize("where,reason", [
+    ("params", "non-finite parameters"), ("val loss", "validation loss is nan"),
+    ("test loss", "test loss is nan"), ("features", "non-finite adapted features"),
+])
+def test_divergence_anywhere_is_recorded(tmp_path, monkeypatch, where, reason):
+    from adaptertune import train
+    from adaptertune.sweep import run_sweep
+
+    config = Config(dataset="synthetic", backbone="vit_nano", weights="none", train_samples=40, test_samples=16,
+                    feature_samples=8, batch_size=64, log_every=0, epochs=1, rank=2, quiet=True)
+    train_epoch, evaluate, features = train.Trainer.train_epoch, train.Trainer.evaluate, train.Trainer.features
+    if where == "params":
+        monkeypatch.setattr(train.Trainer, "train_epoch", lambda t, *a: (train_epoch(t, *a), _poison_params(t))[0])
+    if where.endswith("loss"):
+        split_n = {"val loss": 4, "test loss": 16}[where]  # 10% of 40 held out; the 16 test images
+
+        def bad_eval(t, images, idx, *a):
+            out = evaluate(t, images, idx, *a)
+            return {**out, "loss": float("nan")} if len(idx) == split_n else out
+        monkeypatch.setattr(train.Trainer, "evaluate", bad_eval)
+    if where == "features":
+        calls = []
+
+        def bad_features(t, idx):
+            out = features(t, idx)
+            calls.append(1)
+            return {**out, "features": out["features"] * np.nan} if len(calls) == 2 else out  # adapted, not frozen
+        monkeypatch.setattr(train.Trainer, "features", bad_features)
+    assert run_sweep([config], tmp_path, log=lambda line: None) == 0
+    run_dir = tmp_path / config.run_id
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["reason"].startswith(reason)
+    assert "test_acc1" not in summary and not (run_dir / "features.safetensors").exists()
+    assert not (run_dir / "checkpoint.safetensors").exists()
 
 
 def test_local_weights_file_is_loaded(tmp_path):
@@ -177,8 +226,8 @@ def test_linear_probe_on_cached_features_matches_the_backbone_path(tmp_path):
         out = tmp_path / cache
         assert main(["train", *TINY, "--method", "head", "--no-augment", cache, "--epochs", "2", "--lr", "0.05",
                      "--out", str(out)]) == 0
-        summaries.append(json.loads((out / "synthetic-vit_nano-head-s0" / "summary.json").read_text()))
-        metrics = runs.read_lines(out / "synthetic-vit_nano-head-s0" / "metrics.jsonl")
+        summaries.append(json.loads((find_run(out, "synthetic-vit_nano-head") / "summary.json").read_text()))
+        metrics = runs.read_lines(find_run(out, "synthetic-vit_nano-head") / "metrics.jsonl")
         summaries[-1]["val_losses"] = [m["loss"] for m in metrics if m["split"] == "val"]
     cached, direct = summaries
     np.testing.assert_allclose(cached["val_losses"], direct["val_losses"], rtol=1e-4)
