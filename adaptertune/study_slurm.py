@@ -80,7 +80,9 @@ def submit(study, *, partition: str | None = None, time: str | None = None, max_
         return []
     n = min(opts.get("workers") or opts["max_parallel"], len(left))
     folder = study.out / "slurm"
-    executor = submitit.AutoExecutor(folder=folder, cluster=cluster)
+    # A worker hits its time limit, requeues and goes on, as often as its share of the runs needs:
+    # allow 3 per run it is expected to train before submitit gives up on a run that never progresses.
+    executor = submitit.AutoExecutor(folder=folder, cluster=cluster, slurm_max_num_timeout=3 * -(-len(left) // n))
     executor.update_parameters(
         name=f"adaptertune-{study.name}", timeout_min=parse_time(opts["time"]), gpus_per_node=opts["gpus"],
         tasks_per_node=1, nodes=1, cpus_per_task=opts["cpus"], mem_gb=opts["mem_gb"],

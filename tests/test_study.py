@@ -218,6 +218,20 @@ def test_slurm_time(text, minutes):
     assert study_slurm.parse_time(text) == minutes
 
 
+def test_slurm_submits_a_job_array_of_workers_with_the_flags_resources(tmp_path, capsys):
+    mocked_slurm = pytest.importorskip("submitit.slurm.test_slurm").mocked_slurm  # sbatch mocked by submitit
+    path = write_study(tmp_path)  # 3 runs
+    with mocked_slurm():
+        assert cli.main(["study", "run", str(path), "--slurm", "--partition", "gpu", "--time", "4:00:00",
+                         "--max-parallel", "2", "--mem-gb", "32"]) == 0
+    (script,) = (tmp_path / "runs" / "slurm").glob("*_submission.sh")
+    text = script.read_text()
+    for line in ("--array=0-1%2", "--partition=gpu", "--time=240", "--gpus-per-node=1", "--mem=32GB",
+                 "--signal=USR2@120", f"--output={tmp_path / 'runs' / 'slurm'}/"):
+        assert f"#SBATCH {line}" in text
+    assert "2 workers submitted for 3 unfinished runs" in capsys.readouterr().out
+
+
 def test_slurm_needs_a_partition(tmp_path):
     pytest.importorskip("submitit")
     with pytest.raises(study.UserError, match="--partition"):
