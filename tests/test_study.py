@@ -23,7 +23,7 @@ TINY = dict(weights="none", augment=False, epochs=1, batch_size=32, train_sample
 def write_study(tmp_path, name="tiny", out=None, **spec) -> Path:
     """A study file on the synthetic task and vit_nano with TINY options; `spec` adds/overrides keys."""
     spec = {"out": str(out or tmp_path / "runs"), "datasets": ["synthetic"], "backbones": ["vit_nano"],
-            "methods": ["head", "adapter"], "ranks": "1..2", "seeds": "0", "overrides": TINY, **spec}
+            "methods": ["head", "adapter"], "ranks": "1", "seeds": "0", "overrides": TINY, **spec}
     path = tmp_path / f"{name}.toml"
     path.write_text(_toml(spec))
     return path
@@ -85,7 +85,7 @@ def test_ablation_axes_fixed_values_and_subsets(tmp_path):
     ablated = [c for c in s.configs if c.activation != "gelu"]
     assert sorted((c.dataset, c.activation, c.scale, c.rank) for c in ablated) == [
         ("planted", "identity", 0.5, 4), ("planted", "relu", 0.5, 4)]
-    assert len(s.configs) == 2 * 3 + 2
+    assert len(s.configs) == 2 * 2 + 2
 
 
 @pytest.mark.parametrize("spec,message", [
@@ -120,7 +120,7 @@ def test_study_run_here_writes_the_runs_train_writes(tmp_path, capsys):
     path = write_study(tmp_path)
     assert cli.main(["study", "run", str(path)]) == 0
     expected = train_configs(["--dataset", "synthetic", "--backbone", "vit_nano", "--method", "head,adapter",
-                              "--rank", "1..2", *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in TINY.items()
+                              "--rank", "1", *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in TINY.items()
                                                       if k != "augment"), []), "--no-augment"])
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(c.run_id for c in expected)
     for c in expected:
@@ -129,7 +129,7 @@ def test_study_run_here_writes_the_runs_train_writes(tmp_path, capsys):
         assert runs.is_finished(tmp_path / "runs" / c.run_id)
     capsys.readouterr()
     assert cli.main(["study", "run", str(path)]) == 0  # a second time: nothing left to train
-    assert capsys.readouterr().out.count("finished, skipped") == 3
+    assert capsys.readouterr().out.count("finished, skipped") == 2
 
 
 def _trained(output: str) -> collections.Counter:
@@ -178,7 +178,7 @@ def test_preempted_worker_requeues_and_the_run_resumes_from_its_checkpoint(tmp_p
     run_dir = s.run_dir(s.configs[0])
     (job,) = study_slurm.submit(s, cluster="local", workers=1, gpus=0, log=lambda _: None)
     deadline = time.time() + 120
-    while not (run_dir / "checkpoint.pt").exists() and time.time() < deadline:
+    while not list(run_dir.glob("checkpoint.*")) and time.time() < deadline:
         time.sleep(0.02)
     assert not runs.is_finished(run_dir), "the run finished before it could be preempted; make it longer"
     preempt(job)
@@ -220,7 +220,7 @@ def test_slurm_time(text, minutes):
 
 def test_slurm_submits_a_job_array_of_workers_with_the_flags_resources(tmp_path, capsys):
     mocked_slurm = pytest.importorskip("submitit.slurm.test_slurm").mocked_slurm  # sbatch mocked by submitit
-    path = write_study(tmp_path)  # 3 runs
+    path = write_study(tmp_path, ranks="1..2")  # 3 runs
     with mocked_slurm():
         assert cli.main(["study", "run", str(path), "--slurm", "--partition", "gpu", "--time", "4:00:00",
                          "--max-parallel", "2", "--mem-gb", "32"]) == 0
