@@ -42,6 +42,7 @@ AXES = ("datasets", "backbones", "methods", "ranks", "seeds")
 TOP = ("name", "out", *AXES, "overrides", "ablation", "slurm")
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 NOT_OVERRIDES = ("dataset", "backbone", "method", "rank", "seed")  # the study's axes say these
+ABLATION_AXES = ("name", "datasets", "backbones", "ranks", "seeds")  # an ablation's own; the rest are Config fields
 
 
 @dataclass(frozen=True)
@@ -105,7 +106,7 @@ def expand(spec: dict, where: str = "study") -> list[Config]:
             configs += sweep.plan(base, methods, ranks, seeds)
     for i, block in enumerate(blocks, 1):
         name = f"{where} [[ablation]] {block.get('name', i)!s}"
-        fixed, varied = _options({k: v for k, v in block.items() if k not in ("name", *AXES)}, name, axes=True)
+        fixed, varied = _options({k: v for k, v in block.items() if k not in ABLATION_AXES}, name, axes=True)
         b_ranks = _parsed(sweep.parse_ranks, block["ranks"], f"{name}: ranks") if "ranks" in block else None
         b_seeds = _parsed(sweep.parse_seeds, block["seeds"], f"{name}: seeds") if "seeds" in block else seeds
         for dataset in _names(block.get("datasets", datasets), f"{name}: datasets"):
@@ -124,8 +125,9 @@ def _config(options: dict, where: str, **axes) -> Config:
 
 
 def _options(table, where: str, axes: bool):
-    """Check a table of Config fields: known names, values of the field's type. With `axes`, split
-    it into fixed values and lists (the axes of an ablation); else return it as it is."""
+    """Check a table of Config fields: known names, values of the field's type (an int where a float
+    is wanted becomes that float, as `train --lr 1` gives 1.0). With `axes`, split it into fixed
+    values and lists (the axes of an ablation); else return it."""
     if not isinstance(table, dict):
         raise UserError(f"{where} must be a table of Config fields")
     fixed, varied = {}, {}
@@ -133,19 +135,21 @@ def _options(table, where: str, axes: bool):
         if key not in FIELDS or key in NOT_OVERRIDES:
             hint = " (the study's datasets/backbones/methods/ranks/seeds say that)" if key in NOT_OVERRIDES else ""
             raise UserError(f"{where}: {key!r} is not an option here{hint}")
-        axis = axes and isinstance(value, list)
-        if axis and not value:
-            raise UserError(f"{where}: {key} is an empty list")
-        for v in value if axis else [value]:
-            _check_type(key, v, where)
-        (varied if axis else fixed)[key] = value
+        if axes and isinstance(value, list):
+            if not value:
+                raise UserError(f"{where}: {key} is an empty list")
+            varied[key] = [_value(key, v, where) for v in value]
+        else:
+            fixed[key] = _value(key, value, where)
     return (fixed, varied) if axes else fixed
 
 
-def _check_type(key: str, value, where: str) -> None:
-    kind = {"int": int, "float": (int, float), "bool": bool, "str": str}[str(FIELDS[key].type)]
-    if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
-        raise UserError(f"{where}: {key} = {value!r} should be a {FIELDS[key].type}")
+def _value(key: str, value, where: str):
+    kind = str(FIELDS[key].type)
+    ok = {"int": int, "float": (int, float), "bool": bool, "str": str}[kind]
+    if isinstance(value, bool) and kind != "bool" or not isinstance(value, ok):
+        raise UserError(f"{where}: {key} = {value!r} should be a {kind}")
+    return float(value) if kind == "float" else value
 
 
 def _product(varied: dict) -> list[dict]:

@@ -88,6 +88,14 @@ def test_ablation_axes_fixed_values_and_subsets(tmp_path):
     assert len(s.configs) == 2 * 2 + 2
 
 
+def test_whole_numbers_for_float_options_are_the_runs_train_makes(tmp_path):
+    s = study.load(write_study(tmp_path, methods="head", overrides={"lr": 1, "warmup_epochs": 0, "scale": 2}))
+    (mine,) = s.configs
+    (theirs,) = train_configs(["--dataset", "synthetic", "--backbone", "vit_nano", "--method", "head",
+                               "--lr", "1", "--warmup-epochs", "0", "--scale", "2"])
+    assert mine == theirs and mine.config_key() == theirs.config_key() and isinstance(mine.lr, float)
+
+
 @pytest.mark.parametrize("spec,message", [
     ({"ranks": "4..60"}, "not 4 times a power of two"),
     ({"methods": ["head", "lora"]}, "--method"),
@@ -96,6 +104,7 @@ def test_ablation_axes_fixed_values_and_subsets(tmp_path):
     ({"overrides": {"epochs": "ten"}}, "epochs = 'ten' should be a int"),
     ({"overrides": {"placement": "inside"}}, "--placement"),
     ({"ablation": [{"name": "x", "init": []}]}, "empty list"),
+    ({"ablation": [{"name": "x", "methods": ["head"]}]}, "'methods' is not an option"),
     ({"ablation": [{"name": "x", "epochs": 3, "ranks": [1]}]}, "share the directory"),
     ({"datasets": []}, "non-empty list"),
     ({"colour": "red"}, "unknown key 'colour'"),
