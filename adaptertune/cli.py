@@ -93,8 +93,7 @@ def _paper_parser(sub) -> None:
 def _study_parser(sub) -> None:
     study = sub.add_parser("study", help="run a study file (TOML) here, on local workers or on SLURM; its status")
     cmds = study.add_subparsers(dest="study_command", required=True)
-    r = cmds.add_parser("run", help="run every run of a study (finished ones are skipped, interrupted ones resumed)",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r = cmds.add_parser("run", help="run every run of a study (finished ones are skipped, interrupted ones resumed)")
     s = cmds.add_parser("status", help="the study's runs by state (done, running, failed, pending) and an ETA")
     for q in (r, s):
         q.add_argument("study", type=Path, help="the study file, e.g. analysis/paper_study.toml")
