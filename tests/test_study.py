@@ -72,6 +72,12 @@ def test_paper_study_is_the_reference_grid_and_its_ablations():
     assert all(c.epochs == 50 and c.lr == 5e-4 and c.batch_size == 1024 for c in s.configs)  # protocol defaults
 
 
+@pytest.mark.parametrize("path", sorted((ROOT / "analysis").glob("*study.toml")), ids=lambda p: p.name)
+def test_every_shipped_study_expands(path):
+    s = study.load(path)
+    assert s.configs and len({c.run_id for c in s.configs}) == len(s.configs)
+
+
 def test_small_study_is_offline():
     s = study.load(ROOT / "analysis" / "small_study.toml")
     assert {(c.dataset, c.backbone, c.weights) for c in s.configs} == {("planted", "vit_nano", "none")}
