@@ -333,8 +333,15 @@ def run_state(config: Config, run_dir: Path) -> RunState:
 
 
 def claim_holder(run_dir: Path) -> str:
-    """Who holds the run's claim, if a live worker does; "" otherwise (the claim file of sweep.run_sweep)."""
-    return ""
+    """Who holds the run's claim (lock.py, taken by sweep.run_sweep), if a live worker does; else ""."""
+    try:
+        from . import lock
+    except ImportError:  # until issue 13's run claim is merged there are no claims to read
+        return ""
+    info = lock.holder(run_dir)
+    if info is None:
+        return ""
+    return f"{info.get('host', '?')} pid {info.get('pid', '?')} since {info.get('started', '?')}"
 
 
 def _lines(path: Path) -> list[dict]:
