@@ -113,7 +113,6 @@ def test_whole_numbers_for_float_options_are_the_runs_train_makes(tmp_path):
     ({"overrides": {"placement": "inside"}}, "--placement"),
     ({"ablation": [{"name": "x", "init": []}]}, "empty list"),
     ({"ablation": [{"name": "x", "methods": ["head"]}]}, "'methods' is not an option"),
-    ({"ablation": [{"name": "x", "epochs": 3, "ranks": [1]}]}, "share the directory"),
     ({"datasets": []}, "non-empty list"),
     ({"colour": "red"}, "unknown key 'colour'"),
 ])
@@ -122,6 +121,15 @@ def test_bad_study_files_are_one_line_exit_2(tmp_path, capsys, spec, message):
     assert cli.main(["study", "status", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(path) in err and message in err and "Traceback" not in err
+
+
+def test_an_ablation_that_changes_a_shared_option_never_answers_for_the_grid_run(tmp_path):
+    path = write_study(tmp_path, ablation=[{"name": "x", "epochs": 3, "ranks": [1]}])  # the grid's r1, 3 epochs
+    if Config(epochs=3).run_id == Config().run_id:  # run ids that do not carry the identity (before issue 13)
+        with pytest.raises(study.UserError, match="share the directory"):
+            study.load(path)
+    else:
+        assert sorted(c.epochs for c in study.load(path).configs) == [1, 1, 3]
 
 
 def test_unreadable_study_files(tmp_path, capsys):
