@@ -155,6 +155,55 @@ def _paper_parser(sub) -> None:
     p.set_defaults(func=paper.run_command)
 
 
+def _study_parser(sub) -> None:
+    study = sub.add_parser("study", help="run a study file (TOML) here, on local workers or on SLURM; its status")
+    cmds = study.add_subparsers(dest="study_command", required=True)
+    r = cmds.add_parser("run", help="run every run of a study (finished ones are skipped, interrupted ones resumed)")
+    s = cmds.add_parser("status", help="the study's runs by state (done, running, failed, pending) and an ETA")
+    for q in (r, s):
+        q.add_argument("study", type=Path, help="the study file, e.g. analysis/paper_study.toml")
+        q.add_argument("--out", type=Path, default=None, help="output root (default: the study's `out`)")
+    r.add_argument("--device", default=None, help="device of every run (default: the study's, else auto)")
+    where = r.add_mutually_exclusive_group()
+    where.add_argument("--gpus", default=None, help="one worker per GPU, e.g. 0,1,2,3")
+    where.add_argument("--workers", type=int, default=None, help="N concurrent worker processes on the CPU")
+    where.add_argument("--slurm", action="store_true", help="submit a job array of workers through submitit")
+    g = r.add_argument_group("SLURM (--slurm; default: the study's [slurm] table)")
+    g.add_argument("--partition", default=None, help="SLURM partition")
+    g.add_argument("--time", default=None, help="time limit per job, H:MM:SS (jobs requeue themselves at it)")
+    g.add_argument("--max-parallel", type=int, default=None, help="array tasks running at once")
+    g.add_argument("--jobs", dest="slurm_workers", type=int, default=None,
+                   help="array tasks in all (default: max-parallel, at most the unfinished runs)")
+    g.add_argument("--gpus-per-job", type=int, default=None, help="GPUs per job (0: CPU runs)")
+    g.add_argument("--cpus-per-job", type=int, default=None, help="CPUs per job")
+    g.add_argument("--mem-gb", type=int, default=None, help="memory per job")
+    r.set_defaults(func=_study_run)
+    s.set_defaults(func=_study_status)
+
+
+def _study_run(args) -> int:
+    from . import study
+
+    s = study.load(args.study, out=args.out)
+    if args.slurm:
+        from . import study_slurm
+
+        study_slurm.submit(s, partition=args.partition, time=args.time, max_parallel=args.max_parallel,
+                           workers=args.slurm_workers, gpus=args.gpus_per_job, cpus=args.cpus_per_job,
+                           mem_gb=args.mem_gb)
+        return 0
+    if args.gpus is not None or args.workers is not None:
+        return study.run_workers(s, study.devices(args.gpus, args.workers))
+    return study.run(s, device=args.device)
+
+
+def _study_status(args) -> int:
+    from . import study
+
+    print(study.status(study.load(args.study, out=args.out)).text())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="adaptertune", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -166,6 +215,7 @@ def parser() -> argparse.ArgumentParser:
     _demo_parser(sub)
     _predict_parser(sub)
     _paper_parser(sub)
+    _study_parser(sub)
     return p
 
 
