@@ -178,14 +178,11 @@ def _parsed(parse, value, where: str) -> list:
 
 
 def _dedupe(configs: list[Config], where: str) -> list[Config]:
-    """One config per run directory; two different configurations in one directory are an error."""
+    """One config per run directory: a run named by the grid and by an ablation is run once (the run id
+    holds the config key, so equal ids are equal configurations)."""
     seen: dict[str, Config] = {}
     for c in configs:
-        other = seen.setdefault(c.run_id, c)
-        if other.identity() != c.identity():
-            a, b = other.identity(), c.identity()
-            diff = ", ".join(f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k))
-            raise UserError(f"{where}: two runs of the study would share the directory {c.run_id} ({diff})")
+        seen.setdefault(c.run_id, c)
     return list(seen.values())
 
 
@@ -334,10 +331,8 @@ def run_state(config: Config, run_dir: Path) -> RunState:
 
 def claim_holder(run_dir: Path) -> str:
     """Who holds the run's claim (lock.py, taken by sweep.run_sweep), if a live worker does; else ""."""
-    try:
-        from . import lock
-    except ImportError:  # until issue 13's run claim is merged there are no claims to read
-        return ""
+    from . import lock
+
     info = lock.holder(run_dir)
     if info is None:
         return ""

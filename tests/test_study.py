@@ -3,7 +3,6 @@ through submitit's local executor, and `study status`."""
 
 import collections
 import dataclasses
-import importlib.util
 import json
 import re
 import sys
@@ -17,7 +16,6 @@ from adaptertune.config import Config
 from adaptertune.sweep import plan, parse_methods, parse_ranks, parse_seeds
 
 ROOT = Path(__file__).resolve().parents[1]
-NO_CLAIM = importlib.util.find_spec("adaptertune.lock") is None  # the run claim of issue 13 not merged yet
 TINY = dict(weights="none", augment=False, epochs=1, batch_size=32, train_samples=64, test_samples=32,
             feature_samples=32, log_every=0)
 
@@ -125,11 +123,8 @@ def test_bad_study_files_are_one_line_exit_2(tmp_path, capsys, spec, message):
 
 def test_an_ablation_that_changes_a_shared_option_never_answers_for_the_grid_run(tmp_path):
     path = write_study(tmp_path, ablation=[{"name": "x", "epochs": 3, "ranks": [1]}])  # the grid's r1, 3 epochs
-    if Config(epochs=3).run_id == Config().run_id:  # run ids that do not carry the identity (before issue 13)
-        with pytest.raises(study.UserError, match="share the directory"):
-            study.load(path)
-    else:
-        assert sorted(c.epochs for c in study.load(path).configs) == [1, 1, 3]
+    assert Config(epochs=3).run_id != Config().run_id  # the run id carries the identity
+    assert sorted(c.epochs for c in study.load(path).configs) == [1, 1, 3]
 
 
 def test_unreadable_study_files(tmp_path, capsys):
@@ -162,8 +157,6 @@ def _trained(output: str) -> collections.Counter:
     return collections.Counter(re.findall(r"\| (\S+) epoch 1/", output))
 
 
-@pytest.mark.xfail(NO_CLAIM, reason="two workers train the same run until sweep.run_sweep claims runs "
-                   "(adaptertune/lock.py, issue 13, branch runs)", strict=False)
 @pytest.mark.parametrize("workers", [2, 3])
 def test_concurrent_local_workers_train_every_run_exactly_once(tmp_path, workers):
     path = write_study(tmp_path, ranks="1..4")  # 4 runs
@@ -288,8 +281,6 @@ def test_status_counts_done_failed_running_pending_with_reasons_and_eta(tmp_path
 
 def hold_claim(run_dir: Path):
     """Claim `run_dir` for this (live) process, as sweep.run_sweep does before training it."""
-    if NO_CLAIM:
-        pytest.xfail("needs the run claim of issue 13 (adaptertune/lock.py, branch runs)")
     from adaptertune import lock
 
     claim = lock.claim(run_dir)
