@@ -13,9 +13,11 @@ from dataclasses import dataclass, field
 
 from .errors import UserError
 
-METHODS = ("adapter", "head", "full")
-PLACEMENTS = ("block", "attn", "mlp", "parallel")
-INITS = ("zero", "small", "random")
+METHODS = ("adapter", "head", "full", "lora", "bitfit", "vpt")
+PLACEMENTS = ("block", "attn", "mlp", "parallel", "attn+mlp")
+INITS = ("zero", "small", "random", "houlsby")
+SCALINGS = ("fixed", "scalar", "channel")
+VPT_MODES = ("shallow", "deep")
 ACTIVATIONS = ("gelu", "relu", "identity")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -23,6 +25,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # what it computes, and options that the method or the dataset does not read.
 EXECUTION = ("data_root", "device", "compile", "cache_features", "workers", "log_every", "block_features")
 ADAPTER_ONLY = ("rank", "placement", "blocks", "init", "activation", "scale")
+# The fields each method reads beyond the shared ones; `identity` leaves out the others' fields.
+# `rank` is every family's capacity axis: the adapter's bottleneck, LoRA's rank, VPT's prompt tokens.
+METHOD_FIELDS = {"adapter": ADAPTER_ONLY + ("adapter_scaling",), "lora": ("rank", "blocks", "lora_targets", "lora_alpha"),
+                 "vpt": ("rank", "vpt_mode")}
 SYNTHETIC_ONLY = ("num_classes", "train_samples", "test_samples")  # read by the synthetic and planted tasks
 PLANTED_ONLY = ("planted_rank", "planted_strength")
 
@@ -38,14 +44,23 @@ class Config:
     data_root: str = _opt("data", "where datasets are downloaded to / read from")
     backbone: str = _opt("vit_small_patch16_224", "timm ViT name (vit_*, deit_*) or a tiny test ViT")
     weights: str = _opt("hub", "'hub' (timm pretrained), 'none' (random init) or a checkpoint PATH")
-    method: str = _opt("adapter", "adapter | head (linear probe) | full (full fine-tuning)", choices=METHODS)
+    method: str = _opt("adapter", "adapter | head (linear probe) | full (full fine-tuning) | lora | bitfit "
+                       "(biases + head) | vpt (prompt tokens)", choices=METHODS)
     # -- the adapter: x <- block(x); x <- x + scale * W_up act(W_down x) ------------------------
     rank: int = _opt(16, "adapter bottleneck width r")
     placement: str = _opt("block", "after the block | after attn | after the mlp | parallel to the mlp", choices=PLACEMENTS)
     blocks: str = _opt("all", "which blocks get adapters: all | every:K | last:K")
     init: str = _opt("zero", "zero W_up | small W_up ~ N(0, 1e-4) | random (both factors random)", choices=INITS)
     activation: str = _opt("gelu", "bottleneck nonlinearity", choices=ACTIVATIONS)
-    scale: float = _opt(1.0, "adapter output scale")
+    scale: float = _opt(1.0, "adapter output scale (the initial value when --adapter-scaling learns it)")
+    adapter_scaling: str = _opt("fixed", "the output scale: fixed | scalar (learned) | channel (learned per "
+                                "channel, Adapter+)", choices=SCALINGS)
+    # -- the other families (peft_methods.py); their capacity axis is --rank ---------------------
+    lora_targets: str = _opt("q,v", "LoRA targets in each block: q,k,v (thirds of the fused qkv) and/or "
+                             "qkv,proj,fc1,fc2 (whole Linears, through PEFT)")
+    lora_alpha: float = _opt(8.0, "LoRA's alpha: the update is (alpha / rank) B A (PEFT's default alpha 8)")
+    vpt_mode: str = _opt("shallow", "VPT prompts: shallow (input only) | deep (new prompts at every block)",
+                         choices=VPT_MODES)
     # -- optimisation: AdamW, cosine per step with linear warmup -------------------------------
     seed: int = _opt(0, "seed of the run (init, val split, batch order, augmentation)")
     epochs: int = _opt(50, "training epochs")
@@ -86,8 +101,8 @@ class Config:
             choices = f.metadata.get("choices")
             if choices and getattr(self, f.name) not in choices:
                 raise UserError(f"--{_flag(f.name)} {getattr(self, f.name)!r}: choose one of {', '.join(choices)}")
-        if self.method == "adapter" and self.rank < 1:
-            raise UserError(f"--rank {self.rank}: an adapter needs rank >= 1")
+        if self.method in METHOD_FIELDS and self.rank < 1:
+            raise UserError(f"--rank {self.rank}: {self.method} needs rank (VPT: prompt tokens) >= 1")
         for name in ("epochs", "batch_size", "feature_samples", "num_classes", "train_samples", "test_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{_flag(name)} must be at least 1, got {getattr(self, name)}")
@@ -98,6 +113,8 @@ class Config:
         if not 0 < self.val_fraction < 1:
             raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         parse_blocks(self.blocks, depth=None)
+        if self.method == "lora":
+            lora_targets(self.lora_targets)
         return self
 
     @property
@@ -113,6 +130,14 @@ class Config:
                     parts.append(getattr(self, name).replace(":", ""))
             if self.scale != default.scale:
                 parts.append(f"x{self.scale:g}")
+        elif self.method in METHOD_FIELDS:  # lora, vpt: the capacity axis, then what is not the default
+            parts.append(f"r{self.rank}")
+            default = Config()
+            for name in METHOD_FIELDS[self.method][1:]:
+                if getattr(self, name) != getattr(default, name):
+                    parts.append(f"{getattr(self, name)}".replace(":", "").replace(",", ""))
+        if self.method == "adapter" and self.adapter_scaling != "fixed":
+            parts.append(self.adapter_scaling)
         if self.shots:
             parts.append(f"{self.shots}shot")
         if self.layer_decay != 1.0:
@@ -127,8 +152,8 @@ class Config:
         task's options for other datasets (a head run at --rank 8 is the head run at --rank 16).
         """
         skip = set(EXECUTION)
-        if self.method != "adapter":
-            skip.update(ADAPTER_ONLY)
+        skip.update(f for fields in METHOD_FIELDS.values() for f in fields)
+        skip.difference_update(METHOD_FIELDS.get(self.method, ()))
         if self.dataset not in ("synthetic", "planted"):
             skip.update(SYNTHETIC_ONLY)
         if self.dataset != "planted":
@@ -161,6 +186,22 @@ def parse_blocks(spec: str, depth: int | None) -> list[int] | None:
         k = int(k)
         return [i for i in range(depth) if i % k == k - 1] if kind == "every" else list(range(max(0, depth - k), depth))
     raise UserError(f"--blocks {spec!r}: expected all, every:K or last:K with K >= 1")
+
+
+LORA_SPLIT = ("q", "k", "v")                      # thirds of timm's fused qkv (our own wrapper)
+LORA_LINEARS = ("qkv", "proj", "fc1", "fc2")      # whole nn.Linear of each block (PEFT)
+
+
+def lora_targets(spec: str) -> list[str]:
+    """The targets of a --lora-targets spec ("q,v", "qkv,fc1", ...); UserError for unknown or clashing ones."""
+    targets = list(dict.fromkeys(t for t in spec.replace(" ", "").split(",") if t))
+    bad = [t for t in targets if t not in LORA_SPLIT + LORA_LINEARS]
+    if bad or not targets:
+        raise UserError(f"--lora-targets {spec!r}: choose from {', '.join(LORA_SPLIT + LORA_LINEARS)} (comma-separated)")
+    if "qkv" in targets and set(targets) & set(LORA_SPLIT):
+        raise UserError(f"--lora-targets {spec!r}: qkv (the whole fused matrix) and q/k/v (its thirds) overlap; "
+                        "choose one")
+    return targets
 
 
 def _flag(name: str) -> str:

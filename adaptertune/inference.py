@@ -76,12 +76,12 @@ def read_image(path) -> torch.Tensor:
         raise UserError(f"cannot read image {path}: {e}".splitlines()[0]) from None
 
 
-def load(run_dir, device="cpu") -> Trained:
-    """Rebuild the model a run trained (backbone with its weights, adapters, head) in eval mode."""
+def load(run_dir, device="cpu", merge: bool = True) -> Trained:
+    """Rebuild the model a run trained (backbone with its weights, adapters / LoRA / prompts, head) in
+    eval mode; a LoRA run's updates folded into its weights unless `merge=False`."""
     from safetensors import SafetensorError, safe_open
 
-    from .adapters import add_adapters
-    from .backbones import create_backbone, head_names, is_trainable
+    from .backbones import add_method, create_backbone, head_names, is_trainable
 
     path = Path(run_dir) / "adapter.safetensors"
     if not path.is_file():
@@ -99,8 +99,7 @@ def load(run_dir, device="cpu") -> Trained:
                                                    "std": tuple(info["preprocess"]["std"])})
     model = create_backbone(info["model"], config.weights, len(classes), config.image_size)
     model.reset_classifier(len(classes))
-    if config.method == "adapter":
-        add_adapters(model, **info["adapter"])
+    add_method(model, config)  # adapters, LoRA or VPT prompts as the run trained them
     heads = head_names(model)
     trained = {n for n, _ in model.named_parameters() if is_trainable(n, config.method, heads)}
     unexpected = model.load_state_dict(state, strict=False).unexpected_keys
@@ -109,6 +108,10 @@ def load(run_dir, device="cpu") -> Trained:
         raise UserError(f"{path}: weights do not fit {info['model']} "
                         f"({len(unexpected)} unexpected, {len(missing)} missing)")
     model.requires_grad_(False)
+    if merge and config.method == "lora":
+        from .peft_methods import merge as merge_lora
+
+        merge_lora(model)
     return Trained(model.to(device).eval(), classes, pre, config, info["model"])
 
 
