@@ -10,7 +10,7 @@ Placements (timm `Block`: x = x + ls1(attn(norm1(x))); x = x + ls2(mlp(norm2(x))
   parallel  beside the MLP, same input:       mlp(z)  <- mlp(z) + adapter branch of z
   attn+mlp  both attn and mlp (two adapters per block, Houlsby's)
 The scale is fixed, or learned (`scaling`: one scalar, or one per channel as in Adapter+).
-PRESETS name published variants by these options (`--preset`).
+config.PRESETS name published variants by these options (`--preset`).
 The wrapped module stays inside its wrapper (PEFT-style wrap and replace); nothing of timm is copied.
 """
 
@@ -22,23 +22,10 @@ import math
 import torch
 from torch import nn
 
-from .config import parse_blocks
+from .config import PRESETS, parse_blocks  # noqa: F401  (PRESETS: the published variants)
 from .errors import UserError
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "identity": nn.Identity}
-
-# Published bottleneck variants as our adapter options; explicit flags override a preset's values.
-PRESETS = {
-    # Steitz & Roth 2024: Post-Adapter (on the FFN output, inside its residual), learned channel-wise
-    # scaling, Houlsby init, GELU, no norm.
-    "adapter-plus": dict(placement="mlp", adapter_scaling="channel", init="houlsby", activation="gelu", scale=1.0),
-    # Chen et al. 2022: parallel to the MLP, fixed scale 0.1, ReLU, zero up-projection.
-    "adaptformer": dict(placement="parallel", adapter_scaling="fixed", init="zero", activation="relu", scale=0.1),
-    # Houlsby et al. 2019: after attention and after the MLP, near-identity init.
-    "houlsby": dict(placement="attn+mlp", adapter_scaling="fixed", init="houlsby", activation="gelu", scale=1.0),
-    # Pfeiffer et al. 2021: after the MLP only.
-    "pfeiffer": dict(placement="mlp", adapter_scaling="fixed", init="houlsby", activation="relu", scale=1.0),
-}
 
 
 class Adapter(nn.Module):

@@ -32,6 +32,19 @@ METHOD_FIELDS = {"adapter": ADAPTER_ONLY + ("adapter_scaling",), "lora": ("rank"
 SYNTHETIC_ONLY = ("num_classes", "train_samples", "test_samples")  # read by the synthetic and planted tasks
 PLANTED_ONLY = ("planted_rank", "planted_strength")
 
+# Published bottleneck variants as our adapter options; explicit flags override a preset's values.
+PRESETS = {
+    # Steitz & Roth 2024: Post-Adapter (on the FFN output, inside its residual), learned channel-wise
+    # scaling, Houlsby init, GELU, no norm.
+    "adapter-plus": dict(placement="mlp", adapter_scaling="channel", init="houlsby", activation="gelu", scale=1.0),
+    # Chen et al. 2022: parallel to the MLP, fixed scale 0.1, ReLU, zero up-projection.
+    "adaptformer": dict(placement="parallel", adapter_scaling="fixed", init="zero", activation="relu", scale=0.1),
+    # Houlsby et al. 2019: after attention and after the MLP, near-identity init.
+    "houlsby": dict(placement="attn+mlp", adapter_scaling="fixed", init="houlsby", activation="gelu", scale=1.0),
+    # Pfeiffer et al. 2021: after the MLP only.
+    "pfeiffer": dict(placement="mlp", adapter_scaling="fixed", init="houlsby", activation="relu", scale=1.0),
+}
+
 
 def _opt(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
