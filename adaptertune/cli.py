@@ -50,12 +50,17 @@ def _train_parser(sub) -> None:
 def _train(args) -> int:
     from .sweep import plan, parse_methods, parse_ranks, parse_seeds, run_sweep
 
+    tokens = parse_ranks(args.vpt_tokens) if args.vpt_tokens else None
+    configs = plan(base_config(args), parse_methods(args.methods), parse_ranks(args.ranks), parse_seeds(args.seeds),
+                   tokens)
+    return run_sweep(configs, Path(args.out))
+
+
+def base_config(args) -> Config:
+    """The Config of `train`'s arguments: the flags given, then the --preset's values, then the defaults."""
     names = {f.name for f in dataclasses.fields(Config)}
     given = {k: v for k, v in vars(args).items() if k in names}
-    base = Config(**{**(PRESETS[args.preset] if args.preset else {}), **given})
-    tokens = parse_ranks(args.vpt_tokens) if args.vpt_tokens else None
-    configs = plan(base, parse_methods(args.methods), parse_ranks(args.ranks), parse_seeds(args.seeds), tokens)
-    return run_sweep(configs, Path(args.out))
+    return Config(**{**(PRESETS[args.preset] if args.preset else {}), **given})
 
 
 def _analysis_parser(sub, name: str) -> None:
