@@ -22,7 +22,7 @@ import math
 import torch
 from torch import nn
 
-from .config import PRESETS, parse_blocks  # noqa: F401  (PRESETS: the published variants)
+from .config import parse_blocks
 from .errors import UserError
 
 ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "identity": nn.Identity}

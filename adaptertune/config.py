@@ -60,10 +60,12 @@ class Config:
     method: str = _opt("adapter", "adapter | head (linear probe) | full (full fine-tuning) | lora | bitfit "
                        "(biases + head) | vpt (prompt tokens)", choices=METHODS)
     # -- the adapter: x <- block(x); x <- x + scale * W_up act(W_down x) ------------------------
-    rank: int = _opt(16, "adapter bottleneck width r")
-    placement: str = _opt("block", "after the block | after attn | after the mlp | parallel to the mlp", choices=PLACEMENTS)
+    rank: int = _opt(16, "the capacity axis: adapter bottleneck width r, LoRA rank, VPT prompt tokens")
+    placement: str = _opt("block", "after the block | after attn | after the mlp | parallel to the mlp | "
+                          "attn+mlp (both)", choices=PLACEMENTS)
     blocks: str = _opt("all", "which blocks get adapters: all | every:K | last:K")
-    init: str = _opt("zero", "zero W_up | small W_up ~ N(0, 1e-4) | random (both factors random)", choices=INITS)
+    init: str = _opt("zero", "zero W_up | small W_up ~ N(0, 1e-4) | random (both factors random) | houlsby "
+                     "(both ~ N(0, 0.01), truncated)", choices=INITS)
     activation: str = _opt("gelu", "bottleneck nonlinearity", choices=ACTIVATIONS)
     scale: float = _opt(1.0, "adapter output scale (the initial value when --adapter-scaling learns it)")
     adapter_scaling: str = _opt("fixed", "the output scale: fixed | scalar (learned) | channel (learned per "
@@ -147,8 +149,9 @@ class Config:
             parts.append(f"r{self.rank}")
             default = Config()
             for name in METHOD_FIELDS[self.method][1:]:
-                if getattr(self, name) != getattr(default, name):
-                    parts.append(f"{getattr(self, name)}".replace(":", "").replace(",", ""))
+                value = getattr(self, name)
+                if value != getattr(default, name):
+                    parts.append(f"a{value:g}" if name == "lora_alpha" else str(value).replace(":", "").replace(",", ""))
         if self.method == "adapter" and self.adapter_scaling != "fixed":
             parts.append(self.adapter_scaling)
         if self.shots:

@@ -115,6 +115,13 @@ def add_lora(model: nn.Module, config: Config) -> None:
             if not isinstance(_submodule(model.blocks[i], path), nn.Linear):
                 raise UserError(f"--lora-targets {t}: block {i} ({type(model.blocks[i]).__name__}) has no Linear "
                                 f"`{path}` (LoRA targets: {', '.join(LORA_SPLIT + tuple(_LINEAR_PATH))})")
+    attn = model.blocks[chosen[0]].attn
+    if ({"qkv", *LORA_SPLIT} & set(targets) and getattr(attn, "q_bias", None) is not None
+            and not getattr(attn, "qkv_bias_separate", False)):
+        # Eva / Beit with separate q, v biases compute F.linear(x, qkv.weight, bias): a wrapped qkv is bypassed
+        raise UserError(f"--lora-targets {config.lora_targets}: {type(model.blocks[chosen[0]]).__name__}'s attention "
+                        "reads qkv's weight directly (separate q/v biases), so a LoRA there would have no effect; "
+                        "use proj, fc1 or fc2")
     parts = [t for t in targets if t in LORA_SPLIT]
     if parts:
         for i in chosen:

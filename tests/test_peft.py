@@ -202,3 +202,13 @@ def test_vpt_needs_a_vision_transformer():
 
     with pytest.raises(UserError, match="VisionTransformer"):
         add_vpt(torch.nn.Linear(2, 2), 2)
+
+
+def test_lora_on_a_qkv_that_the_block_bypasses_is_refused():
+    model = create_backbone("vit_nano", "none", C)
+    for block in model.blocks:  # as Eva / Beit: separate q, v biases, qkv's weight read by F.linear
+        block.attn.q_bias = torch.nn.Parameter(torch.zeros(D))
+    from adaptertune.peft_methods import add_lora
+
+    with pytest.raises(UserError, match="no effect"):
+        add_lora(model, Config(method="lora", rank=2))
