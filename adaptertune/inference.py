@@ -60,7 +60,9 @@ class Trained:
 
     def __repr__(self) -> str:
         c = self.config
-        what = f"adapter r{c.rank} ({c.placement}, blocks {c.blocks})" if c.method == "adapter" else c.method
+        what = {"adapter": f"adapter r{c.rank} ({c.placement}, blocks {c.blocks})",
+                "lora": f"lora r{c.rank} ({c.lora_targets}, blocks {c.blocks})",
+                "vpt": f"vpt {c.rank} tokens ({c.vpt_mode})"}.get(c.method, c.method)
         return (f"Trained({self.backbone}, {what}, {len(self.classes)} classes, input {self.preprocess.input_size}px "
                 f"crop {self.preprocess.crop_pct} {self.preprocess.interpolation})")
 
