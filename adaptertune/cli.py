@@ -113,7 +113,7 @@ def _export_parser(sub) -> None:
     p.add_argument("out", type=Path, help="the folder to write")
 
     def export(args):
-        from .peft_methods import export_peft
+        from .peft_export import export_peft
 
         for f in export_peft(args.run, args.out):
             print(f)

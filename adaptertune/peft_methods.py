@@ -3,7 +3,7 @@
 - **LoRA** (`method="lora"`): `W x + (alpha / r) B A x` on the chosen Linears of each chosen block,
   B zero-initialised, so the start is the backbone to the last bit. Whole Linears (`qkv`, `proj`,
   `fc1`, `fc2`) go through PEFT (`inject_adapter_in_model`: PEFT's own LoRA layers, its init, its
-  merge), so a run exports in PEFT's format (`export_peft`). The targets `q`, `k`, `v` are thirds of
+  merge), so a run exports in PEFT's format (peft_export.py). The targets `q`, `k`, `v` are thirds of
   timm's fused `qkv` Linear (d -> 3d): PEFT can only put one factor pair on the whole 3d output, so
   `QKVLoRA` (ours) gives each chosen third its own (A, B) and leaves the others untouched, as
   LoRA's paper (W_q, W_v) and LoRA-ViT do. Those runs cannot be exported to PEFT.
@@ -246,40 +246,3 @@ def disabled(model: nn.Module):
         for p, g in grads:
             p.requires_grad_(g)
 
-
-# -- PEFT's own format --------------------------------------------------------------------------------------
-
-def export_peft(run_dir, out_dir) -> list:
-    """Write a LoRA run as PEFT writes an adapter (adapter_config.json + adapter_model.safetensors).
-
-    `peft.PeftModel.from_pretrained(base, out_dir)` then rebuilds the run's model, where `base` is the
-    run's timm backbone with its weights and a head of the run's class count
-    (`timm.create_model(name, pretrained=True, num_classes=C)`); the head is PEFT's `modules_to_save`.
-    Only whole-Linear targets (qkv, proj, fc1, fc2): PEFT has no q / k / v thirds of a fused qkv.
-    Returns the files written.
-    """
-    from pathlib import Path
-
-    from .backbones import create_backbone, head_names
-    from .inference import load
-
-    trained = load(run_dir, merge=False)
-    c = trained.config
-    if c.method != "lora":
-        raise UserError(f"{run_dir}: a {c.method} run; only LoRA runs export to PEFT's format")
-    split = [t for t in lora_targets(c.lora_targets) if t in LORA_SPLIT]
-    if split:
-        raise UserError(f"{run_dir}: --lora-targets {c.lora_targets}: PEFT has no LoRA on the {','.join(split)} "
-                        "third(s) of timm's fused qkv (it can only target the whole qkv); not exportable")
-    peft = _peft()
-    model = trained.model
-    base = create_backbone(trained.backbone, c.weights, len(trained.classes), c.image_size)
-    heads = head_names(base)
-    wrapped = peft.get_peft_model(base, lora_config(c, len(base.blocks), heads))
-    # PEFT's saved keys: "base_model.model.<module>.lora_A.weight" (no adapter name), heads as themselves
-    state = {f"base_model.model.{k.replace('.default.', '.')}": v for k, v in model.state_dict().items()
-             if ".lora_" in k or k.startswith(tuple(h + "." for h in heads))}
-    peft.set_peft_model_state_dict(wrapped, state)
-    out = Path(out_dir)
-    wrapped.save_pretrained(str(out))
-    return sorted(out.iterdir())

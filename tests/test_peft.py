@@ -12,7 +12,7 @@ from adaptertune.backbones import build_model, create_backbone
 from adaptertune.cli import base_config, main, parser
 from adaptertune.config import Config
 from adaptertune.errors import UserError
-from adaptertune.peft_methods import disabled, export_peft, lora_config, merge
+from adaptertune.peft_methods import disabled, lora_config, merge
 
 peft = pytest.importorskip("peft")  # in the dev extra
 
