@@ -16,12 +16,13 @@ The public API (each name imported on first use, so `import adaptertune` stays c
 __version__ = "0.1.0"
 
 
-def load(run_dir, device="cpu"):
-    """Rebuild a finished run's model (backbone with its weights, adapters, head) for inference:
-    an `adaptertune.inference.Trained` with `.model`, `.classes`, `.preprocess`, `.logits()`, `.predict()`."""
+def load(run_dir, device="cpu", merge=True):
+    """Rebuild a finished run's model (backbone with its weights, adapters / LoRA / prompts, head) for inference:
+    an `adaptertune.inference.Trained` with `.model`, `.classes`, `.preprocess`, `.logits()`, `.predict()`.
+    A LoRA run's updates are merged into the weights unless `merge=False`."""
     from .inference import load as _load
 
-    return _load(run_dir, device)
+    return _load(run_dir, device, merge)
 
 
 _LAZY = {"load_runs": ("adaptertune.api", "load_runs"), "train": ("adaptertune.api", "train"),

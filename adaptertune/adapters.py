@@ -8,6 +8,9 @@ Placements (timm `Block`: x = x + ls1(attn(norm1(x))); x = x + ls2(mlp(norm2(x))
   attn      on the attention branch output:   ls1(a)  <- ls1(a) + adapter branch
   mlp       on the MLP branch output:         ls2(m)  <- ls2(m) + adapter branch
   parallel  beside the MLP, same input:       mlp(z)  <- mlp(z) + adapter branch of z
+  attn+mlp  both attn and mlp (two adapters per block, Houlsby's)
+The scale is fixed, or learned (`scaling`: one scalar, or one per channel as in Adapter+).
+config.PRESETS name published variants by these options (`--preset`).
 The wrapped module stays inside its wrapper (PEFT-style wrap and replace); nothing of timm is copied.
 """
 
@@ -28,12 +31,15 @@ ACTIVATIONS = {"gelu": nn.GELU, "relu": nn.ReLU, "identity": nn.Identity}
 class Adapter(nn.Module):
     """The bottleneck branch `scale * U(act(D x))`; (..., d) -> (..., d)."""
 
-    def __init__(self, dim: int, rank: int, init: str = "zero", activation: str = "gelu", scale: float = 1.0):
+    def __init__(self, dim: int, rank: int, init: str = "zero", activation: str = "gelu", scale: float = 1.0,
+                 scaling: str = "fixed"):
         super().__init__()
         self.down = nn.Linear(dim, rank)
         self.act = ACTIVATIONS[activation]()
         self.up = nn.Linear(rank, dim)
         self.scale = scale
+        if scaling != "fixed":  # learned, starting at `scale`: one scalar or one value per channel
+            self.gain = nn.Parameter(torch.full((dim,) if scaling == "channel" else (), float(scale)))
         self.enabled = True
         nn.init.xavier_uniform_(self.down.weight)
         nn.init.zeros_(self.down.bias)
@@ -44,14 +50,18 @@ class Adapter(nn.Module):
             nn.init.normal_(self.up.weight, std=1e-4)
         elif init == "random":  # naive insertion: both factors random, the start is NOT the backbone
             nn.init.xavier_uniform_(self.up.weight)
+        elif init == "houlsby":  # near identity: both factors N(0, 0.01) truncated at 2 sigma
+            nn.init.trunc_normal_(self.down.weight, std=1e-2, a=-2e-2, b=2e-2)
+            nn.init.trunc_normal_(self.up.weight, std=1e-2, a=-2e-2, b=2e-2)
         else:
             raise ValueError(f"unknown adapter init {init!r}")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.up(self.act(self.down(x))) * self.scale
+        y = self.up(self.act(self.down(x)))
+        return y * (self.gain if hasattr(self, "gain") else self.scale)
 
     def extra_repr(self) -> str:
-        return f"scale={self.scale}"
+        return f"scale={self.scale}" + (f", learned {tuple(self.gain.shape) or 'scalar'}" if hasattr(self, "gain") else "")
 
 
 class Residual(nn.Module):
@@ -79,7 +89,8 @@ class Parallel(nn.Module):
 
 
 def add_adapters(model: nn.Module, rank: int, placement: str = "block", blocks: str = "all",
-                 init: str = "zero", activation: str = "gelu", scale: float = 1.0) -> list[Adapter]:
+                 init: str = "zero", activation: str = "gelu", scale: float = 1.0,
+                 scaling: str = "fixed") -> list[Adapter]:
     """Wrap the chosen blocks of a timm ViT in place; returns the new adapters (one per block).
 
     Raises UserError, before changing the model, when the options would leave the run without an
@@ -91,15 +102,16 @@ def add_adapters(model: nn.Module, rank: int, placement: str = "block", blocks: 
     adapters = []
     for i in chosen:
         block = model.blocks[i]
-        adapter = Adapter(dim, rank, init, activation, scale)
-        if placement == "block":
-            model.blocks[i] = Residual(block, adapter)
-        elif placement in ("attn", "mlp"):
-            name = _SLOT[placement]
-            setattr(block, name, Residual(getattr(block, name), adapter))
-        else:
-            block.mlp = Parallel(block.mlp, adapter)
-        adapters.append(adapter)
+        for where in placement.split("+"):
+            adapter = Adapter(dim, rank, init, activation, scale, scaling)
+            if where == "block":
+                model.blocks[i] = Residual(block, adapter)
+            elif where in ("attn", "mlp"):
+                name = _SLOT[where]
+                setattr(block, name, Residual(getattr(block, name), adapter))
+            else:
+                block.mlp = Parallel(block.mlp, adapter)
+            adapters.append(adapter)
     return adapters
 
 
@@ -113,18 +125,18 @@ def check_adapters(model: nn.Module, rank: int, placement: str, blocks: str, sca
     if not math.isfinite(scale) or scale == 0:
         raise UserError(f"--scale {scale:g}: the adapter's output would be {'zero' if scale == 0 else 'not finite'}, "
                         "so it could not train; use a finite non-zero scale")
-    if placement not in ("block", *_SLOT):
-        raise UserError(f"--placement {placement!r}: choose one of block, {', '.join(_SLOT)}")
+    if placement not in ("block", *_SLOT, "attn+mlp"):
+        raise UserError(f"--placement {placement!r}: choose one of block, {', '.join(_SLOT)}, attn+mlp")
     depth = len(model.blocks)
     chosen = parse_blocks(blocks, depth=depth)
     if not chosen:
         raise UserError(f"--blocks {blocks}: selects no block of this {depth}-block backbone, so no adapter "
                         f"would be added (every:K needs K <= {depth})")
-    name = _SLOT.get(placement)
-    lacking = [i for i in chosen if name and not isinstance(getattr(model.blocks[i], name, None), nn.Module)]
+    lacking = [(i, _SLOT[w]) for i in chosen for w in placement.split("+")
+               if w in _SLOT and not isinstance(getattr(model.blocks[i], _SLOT[w], None), nn.Module)]
     if lacking:
-        kind = type(model.blocks[lacking[0]]).__name__
-        raise UserError(f"--placement {placement}: block {lacking[0]} ({kind}) has no `{name}` submodule to adapt; "
+        (i, name), kind = lacking[0], type(model.blocks[lacking[0][0]]).__name__
+        raise UserError(f"--placement {placement}: block {i} ({kind}) has no `{name}` submodule to adapt; "
                         "use --placement block")
     return chosen
 
@@ -147,7 +159,7 @@ def adapters_disabled(model: nn.Module):
             a.enabled = e
 
 
-def adapter_params(dim: int, rank: int) -> int:
-    """Parameters of one adapter: D (d*r + r) and U (r*d + d) = r(2d+1) + d."""
-    return rank * (2 * dim + 1) + dim
+def adapter_params(dim: int, rank: int, scaling: str = "fixed") -> int:
+    """Parameters of one adapter: D (d*r + r) and U (r*d + d) = r(2d+1) + d, plus a learned gain (1 or d)."""
+    return rank * (2 * dim + 1) + dim + {"fixed": 0, "scalar": 1, "channel": dim}[scaling]
 

@@ -164,7 +164,19 @@ def head_names(model: nn.Module) -> tuple[str, ...]:
 
 
 def is_trainable(name: str, method: str, heads: tuple[str, ...]) -> bool:
-    return method == "full" or name.startswith(tuple(h + "." for h in heads)) or ".adapter." in name
+    from .peft_methods import is_trainable as trains  # adapters, LoRA factors, biases, prompts
+
+    return method == "full" or name.startswith(tuple(h + "." for h in heads)) or trains(name, method)
+
+
+def add_method(model: nn.Module, config: Config) -> None:
+    """Add the modules `config.method` trains besides the head (adapters, LoRA, VPT prompts) in place."""
+    from .peft_methods import add_method as add_other
+
+    if config.method == "adapter":
+        add_adapters(model, config.rank, config.placement, config.blocks, config.init, config.activation,
+                     config.scale, config.adapter_scaling)
+    add_other(model, config)
 
 
 def build_model(config: Config, num_classes: int, **overrides) -> tuple[nn.Module, dict]:
@@ -176,8 +188,7 @@ def build_model(config: Config, num_classes: int, **overrides) -> tuple[nn.Modul
     model = create_backbone(config.backbone, config.weights, num_classes, config.image_size, **overrides)
     model.reset_classifier(num_classes)  # a fresh head drawn from the run's seed
     full_trainable = sum(p.numel() for p in model.parameters())
-    if config.method == "adapter":
-        add_adapters(model, config.rank, config.placement, config.blocks, config.init, config.activation, config.scale)
+    add_method(model, config)
     heads = head_names(model)
     for name, p in model.named_parameters():
         p.requires_grad = is_trainable(name, config.method, heads)

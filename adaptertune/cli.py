@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from .analysis.tables import ANALYSIS_MODULES
-from .config import Config
+from .config import METHODS, PRESETS, Config
 from .errors import UserError
 
 METRICS = ("test_acc1", "test_acc5", "best_val_acc1")  # what a run's summary measures, in percent
@@ -29,6 +29,7 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"adaptertune: error: {message} (see {self.prog} --help)\n")
+_PRESET_FIELDS = tuple(dict.fromkeys(k for preset in PRESETS.values() for k in preset))
 
 
 def _train_parser(sub) -> None:
@@ -38,26 +39,34 @@ def _train_parser(sub) -> None:
     p.add_argument("--rank", dest="ranks", default=str(Config.rank),
                    help="rank spec: 4..64 (doubling: 4,8,16,32,64) or a list 4,12,20")
     p.add_argument("--seeds", "--seed", dest="seeds", default="0", help="seed spec: 0..2 (0,1,2) or a list")
-    p.add_argument("--method", dest="methods", default="adapter", help="one or several of adapter,head,full")
+    p.add_argument("--method", dest="methods", default="adapter",
+                   help="one or several of " + ",".join(METHODS))
+    p.add_argument("--vpt-tokens", default=None, help="VPT's capacity axis, a spec like --rank (default: the --rank "
+                   "spec); VPT runs record it as their rank")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                   help="a published adapter variant: sets " + ", ".join(_PRESET_FIELDS) + " unless given")
     skip = {"rank", "seed", "method"}
     for f in dataclasses.fields(Config):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
+        # preset fields: absent unless given, so that a --preset fills in exactly what was not
+        default = argparse.SUPPRESS if f.name in _PRESET_FIELDS else f.default
+        help = f.metadata["help"] + (f" (default: {f.default})" if f.name in _PRESET_FIELDS else "")
         if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=f.metadata["help"])
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
         else:
             kind = {"int": int, "float": float}.get(f.type, str)
-            p.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"])
+            p.add_argument(flag, type=kind, default=default, help=help)
     p.set_defaults(func=_train)
 
 
 def _train(args) -> int:
     from .sweep import plan, parse_methods, parse_ranks, parse_seeds, run_sweep
 
-    names = {f.name for f in dataclasses.fields(Config)}
-    base = Config(**{k: v for k, v in vars(args).items() if k in names})
-    configs = plan(base, parse_methods(args.methods), parse_ranks(args.ranks), parse_seeds(args.seeds))
+    tokens = parse_ranks(args.vpt_tokens) if args.vpt_tokens else None
+    configs = plan(base_config(args), parse_methods(args.methods), parse_ranks(args.ranks), parse_seeds(args.seeds),
+                   tokens)
     return run_sweep(configs, Path(args.out))
 
 
@@ -110,6 +119,13 @@ def _check_claims_file(path: Path) -> None:
         for key, v in table.items():
             if isinstance(v, float) and not math.isfinite(v):
                 raise UserError(f"--claims {path}: {where}: field {key!r} must be a finite number, got {v}")
+
+
+def base_config(args) -> Config:
+    """The Config of `train`'s arguments: the flags given, then the --preset's values, then the defaults."""
+    names = {f.name for f in dataclasses.fields(Config)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    return Config(**{**(PRESETS[args.preset] if args.preset else {}), **given})
 
 
 def _analysis_parser(sub, name: str) -> None:
@@ -202,6 +218,18 @@ def _study_status(args) -> int:
 
     print(study.status(study.load(args.study, out=args.out)).text())
     return 0
+def _export_parser(sub) -> None:
+    p = sub.add_parser("export-peft", help="write a LoRA run in PEFT's format (adapter_config.json + "
+                       "adapter_model.safetensors) for peft.PeftModel.from_pretrained")
+    p.add_argument("run", type=Path, help="a finished LoRA run directory")
+    p.add_argument("out", type=Path, help="the folder to write")
+
+    def export(args):
+        from .peft_export import export_peft
+
+        for f in export_peft(args.run, args.out):
+            print(f)
+    p.set_defaults(func=export)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -216,6 +244,7 @@ def parser() -> argparse.ArgumentParser:
     _predict_parser(sub)
     _paper_parser(sub)
     _study_parser(sub)
+    _export_parser(sub)
     return p
 
 

@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 
 from .errors import UserError
 
-METHODS = ("adapter", "head", "full")
-PLACEMENTS = ("block", "attn", "mlp", "parallel")
-INITS = ("zero", "small", "random")
+METHODS = ("adapter", "head", "full", "lora", "bitfit", "vpt")
+PLACEMENTS = ("block", "attn", "mlp", "parallel", "attn+mlp")
+INITS = ("zero", "small", "random", "houlsby")
+SCALINGS = ("fixed", "scalar", "channel")
+VPT_MODES = ("shallow", "deep")
 ACTIVATIONS = ("gelu", "relu", "identity")
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -24,6 +26,10 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # what it computes, and options that the method or the dataset does not read.
 EXECUTION = ("data_root", "device", "compile", "cache_features", "workers", "log_every", "block_features", "quiet")
 ADAPTER_ONLY = ("rank", "placement", "blocks", "init", "activation", "scale")
+# The fields each method reads beyond the shared ones; `identity` leaves out the others' fields.
+# `rank` is every family's capacity axis: the adapter's bottleneck, LoRA's rank, VPT's prompt tokens.
+METHOD_FIELDS = {"adapter": ADAPTER_ONLY + ("adapter_scaling",), "lora": ("rank", "blocks", "lora_targets", "lora_alpha"),
+                 "vpt": ("rank", "vpt_mode")}
 SYNTHETIC_ONLY = ("num_classes", "train_samples", "test_samples")  # read by the synthetic and planted tasks
 PLANTED_ONLY = ("planted_rank", "planted_strength")
 
@@ -36,9 +42,22 @@ RANGES = {
     "clip_grad": (0.0, 1e6), "label_smoothing": (0.0, 1.0), "image_size": (0, 4096), "val_fraction": (0.0, 1.0),
     "feature_samples": (1, 10**7), "num_classes": (2, 100_000), "train_samples": (2, 10**7),
     "test_samples": (1, 10**7), "planted_rank": (0, 65536), "planted_strength": (0.0, 1e6), "workers": (0, 256),
-    "log_every": (0, 10**9),
+    "log_every": (0, 10**9), "lora_alpha": (0.0, 1e6),
 }
 _KINDS = {"int": int, "float": float, "bool": bool, "str": str}  # field annotations (strings) -> types
+
+# Published bottleneck variants as our adapter options; explicit flags override a preset's values.
+PRESETS = {
+    # Steitz & Roth 2024: Post-Adapter (on the FFN output, inside its residual), learned channel-wise
+    # scaling, Houlsby init, GELU, no norm.
+    "adapter-plus": dict(placement="mlp", adapter_scaling="channel", init="houlsby", activation="gelu", scale=1.0),
+    # Chen et al. 2022: parallel to the MLP, fixed scale 0.1, ReLU, zero up-projection.
+    "adaptformer": dict(placement="parallel", adapter_scaling="fixed", init="zero", activation="relu", scale=0.1),
+    # Houlsby et al. 2019: after attention and after the MLP, near-identity init.
+    "houlsby": dict(placement="attn+mlp", adapter_scaling="fixed", init="houlsby", activation="gelu", scale=1.0),
+    # Pfeiffer et al. 2021: after the MLP only.
+    "pfeiffer": dict(placement="mlp", adapter_scaling="fixed", init="houlsby", activation="relu", scale=1.0),
+}
 
 
 def _opt(default, help, **kw):
@@ -52,14 +71,25 @@ class Config:
     data_root: str = _opt("data", "where datasets are downloaded to / read from")
     backbone: str = _opt("vit_small_patch16_224", "timm ViT name (vit_*, deit_*) or a tiny test ViT")
     weights: str = _opt("hub", "'hub' (timm pretrained), 'none' (random init) or a checkpoint PATH")
-    method: str = _opt("adapter", "adapter | head (linear probe) | full (full fine-tuning)", choices=METHODS)
+    method: str = _opt("adapter", "adapter | head (linear probe) | full (full fine-tuning) | lora | bitfit "
+                       "(biases + head) | vpt (prompt tokens)", choices=METHODS)
     # -- the adapter: x <- block(x); x <- x + scale * W_up act(W_down x) ------------------------
-    rank: int = _opt(16, "adapter bottleneck width r")
-    placement: str = _opt("block", "after the block | after attn | after the mlp | parallel to the mlp", choices=PLACEMENTS)
+    rank: int = _opt(16, "the capacity axis: adapter bottleneck width r, LoRA rank, VPT prompt tokens")
+    placement: str = _opt("block", "after the block | after attn | after the mlp | parallel to the mlp | "
+                          "attn+mlp (both)", choices=PLACEMENTS)
     blocks: str = _opt("all", "which blocks get adapters: all | every:K | last:K")
-    init: str = _opt("zero", "zero W_up | small W_up ~ N(0, 1e-4) | random (both factors random)", choices=INITS)
+    init: str = _opt("zero", "zero W_up | small W_up ~ N(0, 1e-4) | random (both factors random) | houlsby "
+                     "(both ~ N(0, 0.01), truncated)", choices=INITS)
     activation: str = _opt("gelu", "bottleneck nonlinearity", choices=ACTIVATIONS)
-    scale: float = _opt(1.0, "adapter output scale")
+    scale: float = _opt(1.0, "adapter output scale (the initial value when --adapter-scaling learns it)")
+    adapter_scaling: str = _opt("fixed", "the output scale: fixed | scalar (learned) | channel (learned per "
+                                "channel, Adapter+)", choices=SCALINGS)
+    # -- the other families (peft_methods.py); their capacity axis is --rank ---------------------
+    lora_targets: str = _opt("q,v", "LoRA targets in each block: q,k,v (thirds of the fused qkv) and/or "
+                             "qkv,proj,fc1,fc2 (whole Linears, through PEFT)")
+    lora_alpha: float = _opt(8.0, "LoRA's alpha: the update is (alpha / rank) B A (PEFT's default alpha 8)")
+    vpt_mode: str = _opt("shallow", "VPT prompts: shallow (input only) | deep (new prompts at every block)",
+                         choices=VPT_MODES)
     # -- optimisation: AdamW, cosine per step with linear warmup -------------------------------
     seed: int = _opt(0, "seed of the run (init, val split, batch order, augmentation)")
     epochs: int = _opt(50, "training epochs")
@@ -116,8 +146,8 @@ class Config:
             if (lo is not None and v < lo) or (hi is not None and v > hi):
                 bound = f"in [{lo}, {hi}]" if hi is not None else f"at least {lo}"
                 raise UserError(f"--{_flag(f.name)} must be {bound}, got {v}")
-        if self.method == "adapter" and self.rank < 1:
-            raise UserError(f"--rank {self.rank}: an adapter needs rank >= 1")
+        if self.method in METHOD_FIELDS and self.rank < 1:
+            raise UserError(f"--rank {self.rank}: {self.method} needs rank (VPT: prompt tokens) >= 1")
         if self.shots < 0:
             raise UserError(f"--shots must be >= 0 (0: all training images), got {self.shots}")
         if not 0 < self.layer_decay <= 1:
@@ -138,6 +168,8 @@ class Config:
         if not self.dataset or self.dataset == "folder:":
             raise UserError("--dataset is empty: name a dataset, folder:PATH, synthetic or planted")
         parse_blocks(self.blocks, depth=None)
+        if self.method == "lora":
+            lora_targets(self.lora_targets)
         return self
 
     @property
@@ -158,6 +190,15 @@ class Config:
                     parts.append(getattr(self, name).replace(":", ""))
             if self.scale != default.scale:
                 parts.append(f"x{self.scale:g}")
+        elif self.method in METHOD_FIELDS:  # lora, vpt: the capacity axis, then what is not the default
+            parts.append(f"r{self.rank}")
+            default = Config()
+            for name in METHOD_FIELDS[self.method][1:]:
+                value = getattr(self, name)
+                if value != getattr(default, name):
+                    parts.append(f"a{value:g}" if name == "lora_alpha" else str(value).replace(":", "").replace(",", ""))
+        if self.method == "adapter" and self.adapter_scaling != "fixed":
+            parts.append(self.adapter_scaling)
         if self.shots:
             parts.append(f"{self.shots}shot")
         if self.layer_decay != 1.0:
@@ -172,8 +213,8 @@ class Config:
         task's options for other datasets (a head run at --rank 8 is the head run at --rank 16).
         """
         skip = set(EXECUTION)
-        if self.method != "adapter":
-            skip.update(ADAPTER_ONLY)
+        skip.update(f for fields in METHOD_FIELDS.values() for f in fields)
+        skip.difference_update(METHOD_FIELDS.get(self.method, ()))
         if self.dataset not in ("synthetic", "planted"):
             skip.update(SYNTHETIC_ONLY)
         if self.dataset != "planted":
@@ -206,6 +247,22 @@ def parse_blocks(spec: str, depth: int | None) -> list[int] | None:
         k = int(k)
         return [i for i in range(depth) if i % k == k - 1] if kind == "every" else list(range(max(0, depth - k), depth))
     raise UserError(f"--blocks {spec!r}: expected all, every:K or last:K with K >= 1")
+
+
+LORA_SPLIT = ("q", "k", "v")                      # thirds of timm's fused qkv (our own wrapper)
+LORA_LINEARS = ("qkv", "proj", "fc1", "fc2")      # whole nn.Linear of each block (PEFT)
+
+
+def lora_targets(spec: str) -> list[str]:
+    """The targets of a --lora-targets spec ("q,v", "qkv,fc1", ...); UserError for unknown or clashing ones."""
+    targets = list(dict.fromkeys(t for t in spec.replace(" ", "").split(",") if t))
+    bad = [t for t in targets if t not in LORA_SPLIT + LORA_LINEARS]
+    if bad or not targets:
+        raise UserError(f"--lora-targets {spec!r}: choose from {', '.join(LORA_SPLIT + LORA_LINEARS)} (comma-separated)")
+    if "qkv" in targets and set(targets) & set(LORA_SPLIT):
+        raise UserError(f"--lora-targets {spec!r}: qkv (the whole fused matrix) and q/k/v (its thirds) overlap; "
+                        "choose one")
+    return targets
 
 
 def _flag(name: str) -> str:

@@ -52,6 +52,7 @@ def extract(model: nn.Module, data: Images, idx: np.ndarray, *, preprocess: Prep
 
     def hook(i):
         def save(module, args, y):
+            y = model.blocks.strip(y) if hasattr(model.blocks, "strip") else y  # VPT: without its prompts
             p = shift_pool(model, y).float().cpu()
             if keys[i]:
                 outs[keys[i]].append(p)

@@ -60,7 +60,9 @@ class Trained:
 
     def __repr__(self) -> str:
         c = self.config
-        what = f"adapter r{c.rank} ({c.placement}, blocks {c.blocks})" if c.method == "adapter" else c.method
+        what = {"adapter": f"adapter r{c.rank} ({c.placement}, blocks {c.blocks})",
+                "lora": f"lora r{c.rank} ({c.lora_targets}, blocks {c.blocks})",
+                "vpt": f"vpt {c.rank} tokens ({c.vpt_mode})"}.get(c.method, c.method)
         return (f"Trained({self.backbone}, {what}, {len(self.classes)} classes, input {self.preprocess.input_size}px "
                 f"crop {self.preprocess.crop_pct} {self.preprocess.interpolation})")
 
@@ -76,12 +78,12 @@ def read_image(path) -> torch.Tensor:
         raise UserError(f"cannot read image {path}: {e}".splitlines()[0]) from None
 
 
-def load(run_dir, device="cpu") -> Trained:
-    """Rebuild the model a run trained (backbone with its weights, adapters, head) in eval mode."""
+def load(run_dir, device="cpu", merge: bool = True) -> Trained:
+    """Rebuild the model a run trained (backbone with its weights, adapters / LoRA / prompts, head) in
+    eval mode; a LoRA run's updates folded into its weights unless `merge=False`."""
     from safetensors import SafetensorError, safe_open
 
-    from .adapters import add_adapters
-    from .backbones import create_backbone, head_names, is_trainable
+    from .backbones import add_method, create_backbone, head_names, is_trainable
 
     path = Path(run_dir) / "adapter.safetensors"
     if not path.is_file():
@@ -99,8 +101,7 @@ def load(run_dir, device="cpu") -> Trained:
                                                    "std": tuple(info["preprocess"]["std"])})
     model = create_backbone(info["model"], config.weights, len(classes), config.image_size)
     model.reset_classifier(len(classes))
-    if config.method == "adapter":
-        add_adapters(model, **info["adapter"])
+    add_method(model, config)  # adapters, LoRA or VPT prompts as the run trained them
     heads = head_names(model)
     trained = {n for n, _ in model.named_parameters() if is_trainable(n, config.method, heads)}
     unexpected = model.load_state_dict(state, strict=False).unexpected_keys
@@ -109,6 +110,10 @@ def load(run_dir, device="cpu") -> Trained:
         raise UserError(f"{path}: weights do not fit {info['model']} "
                         f"({len(unexpected)} unexpected, {len(missing)} missing)")
     model.requires_grad_(False)
+    if merge and config.method == "lora":
+        from .peft_methods import merge as merge_lora
+
+        merge_lora(model)
     return Trained(model.to(device).eval(), classes, pre, config, info["model"])
 
 

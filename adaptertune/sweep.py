@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from . import lock, progress, runs
-from .config import METHODS, Config
+from .config import METHOD_FIELDS, METHODS, Config
 from .errors import UserError
 
 
@@ -53,11 +53,14 @@ def parse_methods(spec: str) -> list[str]:
     return list(dict.fromkeys(methods))
 
 
-def plan(base: Config, methods: list[str], ranks: list[int], seeds: list[int]) -> list[Config]:
-    """Every run of the sweep: adapters at each rank x seed; baselines (no rank) at each seed."""
+def plan(base: Config, methods: list[str], ranks: list[int], seeds: list[int],
+         vpt_tokens: list[int] | None = None) -> list[Config]:
+    """Every run of the sweep: adapters and LoRA at each rank x seed, VPT at each token count (`vpt_tokens`,
+    else the ranks) x seed, the others (head, full, bitfit: no capacity axis) at each seed."""
     configs = []
     for method in methods:
-        for rank in ranks if method == "adapter" else [base.rank]:
+        axis = (vpt_tokens or ranks) if method == "vpt" else ranks
+        for rank in axis if method in METHOD_FIELDS else [base.rank]:
             for seed in seeds:
                 configs.append(dataclasses.replace(base, method=method, rank=rank, seed=seed).validate())
     return configs

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from . import __version__, checkpoint, data, inference, progress, runs
-from .adapters import adapters_disabled
+from .peft_methods import disabled
 from .backbones import build_model, describe, head_names, preprocess, trainable_state
 from .config import Config
 from .errors import UserError
@@ -248,7 +248,7 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
         log(f"resuming {run_dir.name} after epoch {epoch}/{c.epochs}")
     else:
         runs.remove(metrics_path)
-        with adapters_disabled(t.model):  # the backbone's own features, whatever the adapter init
+        with disabled(t.model):  # the backbone's own features, whatever the method and its init
             frozen = t.features(feat_idx)
 
     status, reason = "complete", None

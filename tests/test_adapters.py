@@ -22,7 +22,7 @@ def test_zero_init_adapted_logits_equal_frozen_exactly(vit_small_and_input, plac
     model = create_backbone("vit_small_patch16_224", "none", num_classes=10).eval()
     model.load_state_dict(frozen_model.state_dict())
     adapters = add_adapters(model, rank=8, placement=placement)
-    assert len(adapters) == len(model.blocks)
+    assert len(adapters) == len(model.blocks) * len(placement.split("+"))  # attn+mlp: two per block
     with torch.no_grad():
         assert torch.equal(model(x), frozen)
 

@@ -31,7 +31,7 @@ def test_bad_rank_specs(spec, message):
 def test_methods_and_plan():
     assert parse_methods("head,full") == ["head", "full"]
     with pytest.raises(UserError, match="choose from"):
-        parse_methods("adapter,lora")
+        parse_methods("adapter,dora")
     configs = plan(Config(), ["adapter", "head"], [4, 8], [0, 1])
     k4, k8, head = configs[0].config_key(), configs[2].config_key(), configs[4].config_key()
     assert [c.run_id for c in configs] == [
@@ -51,7 +51,7 @@ def _error_line(capsys, argv):
 @pytest.mark.parametrize("argv,message", [
     (["train", "--rank", "4..60"], "--rank 4..60"),
     (["train", "--seeds", "a..b"], "--seeds"),
-    (["train", "--method", "lora"], "--method"),
+    (["train", "--method", "dora"], "--method"),
     (["train", "--blocks", "every:0"], "--blocks"),
     (["train", "--placement", "inside"], "--placement"),
 ])

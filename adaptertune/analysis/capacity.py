@@ -68,9 +68,14 @@ def _number(value) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def collect(found) -> tuple[dict[str, list], list[dict], list[str]]:
-    """Adapter runs grouped by sweep (`groups.sweep_key`: one configuration up to the rank):
-    ({sweep key: [(rank, seed, acc, run, sweep label)]}, skipped, notes)."""
+X_AXES = ("rank", "params")  # a family's own capacity axis (rank; VPT: prompt tokens), or trainable parameters
+SWEPT = ("adapter", "lora", "vpt")  # the families with a capacity axis (config.METHOD_FIELDS)
+
+
+def collect(found, x: str = "rank") -> tuple[dict[str, list], list[dict], list[str]]:
+    """Runs of each family with a capacity axis grouped by sweep (`groups.sweep_key`: one configuration
+    up to the rank): ({sweep key: [(level, seed, acc, run, sweep label)]}, skipped, notes). The level
+    is the rank (`x="rank"`) or the run's trainable parameters from summary.json (`x="params"`)."""
     sweeps: dict[str, list] = {}
     skipped = [{"run": p.name, "reason": why} for p, why in found.skipped]
     seen: dict[tuple, str] = {}
@@ -78,25 +83,28 @@ def collect(found) -> tuple[dict[str, list], list[dict], list[str]]:
     labels = dict(zip((r.path for r in found.runs), groups.labels([r.config for r in found.runs])))
     for run in found.runs:
         method = run.config.get("method")
-        if method != "adapter":
+        if method not in SWEPT:
             others[method] = others.get(method, 0) + 1
             continue
         acc, rank = _number(run.summary.get("test_acc1")), _number(run.config.get("rank"))
+        if x == "params":
+            rank = _number(run.summary.get("trainable_params"))
         seed = run.config.get("seed")
         if acc is None:
             skipped.append({"run": run.id, "reason": "no numeric test_acc1 in summary.json"})
         elif not 0 <= acc <= 100:
             skipped.append({"run": run.id, "reason": f"test_acc1 {acc:g} is not a percentage in [0, 100]"})
         elif rank is None or rank < 1 or not isinstance(seed, int):
-            skipped.append({"run": run.id, "reason": "config.json lacks an adapter rank >= 1 or an integer seed"})
+            what = "summary.json lacks trainable_params" if x == "params" else "config.json lacks a rank >= 1"
+            skipped.append({"run": run.id, "reason": f"{what} or an integer seed"})
         else:
             key = groups.sweep_key(run.config)
             if (key, rank, seed) in seen:
-                skipped.append({"run": run.id, "reason": f"duplicate of {seen[key, rank, seed]} (same rank and seed)"})
+                skipped.append({"run": run.id, "reason": f"duplicate of {seen[key, rank, seed]} (same {x} and seed)"})
                 continue
             seen[key, rank, seed] = run.id
             sweeps.setdefault(key, []).append((rank, seed, acc, run, groups.split(labels[run.path])[0]))
-    notes = [f"{n} {m} run(s) are not part of a rank sweep"
+    notes = [f"{n} {m} run(s) are not part of a rank sweep" + (" (no capacity axis)" if m == "bitfit" else "")
              + (" (their features serve the spectrum)" if m == "full" else "")
              for m, n in sorted(others.items(), key=lambda kv: str(kv[0]))]
     return sweeps, skipped, notes
@@ -266,8 +274,11 @@ def _figure(report: CapacityReport, path: Path) -> Path:
 
 
 def analyze_runs(runs_dir, out_dir, *, delta: float = DELTA, n_boot: int = 1000, seed: int = 0,
-                 interval: str = "residual", horizon: float = HORIZON, plot: bool = True) -> CapacityReport:
-    """Fit every adapter rank sweep under `runs_dir`; writes capacity.json/.csv/.png/.pdf to `out_dir`.
+                 interval: str = "residual", horizon: float = HORIZON, plot: bool = True,
+                 x: str = "rank") -> CapacityReport:
+    """Fit every sweep (adapter, LoRA, VPT) under `runs_dir` against `x` (each family's own capacity axis,
+    "rank", or its trainable parameters, "params"); writes capacity.json/.csv/.png/.pdf to `out_dir`.
+    The spectrum's prediction is made for adapter rank sweeps only (a rank-r adapter bounds the shift).
 
     Groups are sorted by dataset and backbone with the default adapter configuration first. Runs and
     groups that cannot be used are listed in `skipped` with the reason. Raises UserError when no
@@ -276,11 +287,13 @@ def analyze_runs(runs_dir, out_dir, *, delta: float = DELTA, n_boot: int = 1000,
     from ..runs import discover, write_json
 
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
+    if x not in X_AXES:
+        raise UserError(f"--x {x!r}: choose one of {', '.join(X_AXES)}")
     if delta <= 0 or horizon < 1 or n_boot < 10:
         raise UserError(f"--delta must be > 0 (got {delta:g}), --horizon >= 1 (got {horizon:g}) "
                         f"and --bootstrap >= 10 (got {n_boot})")
     found = discover(runs_dir)
-    sweeps, skipped, notes = collect(found)
+    sweeps, skipped, notes = collect(found, x)
     rng = np.random.default_rng(seed)
     results, tails = [], {}
     columns = {key: _columns(members, key) for key, members in sweeps.items()}
@@ -290,7 +303,10 @@ def analyze_runs(runs_dir, out_dir, *, delta: float = DELTA, n_boot: int = 1000,
         members = sorted(sweeps[key], key=lambda m: (m[0], m[1]))
         key_d = columns[key]
         ranks, seeds, acc = (np.array([m[i] for m in members]) for i in range(3))
-        tail, source, why = group_tail(members, found.runs, tails)
+        if x == "rank" and members[0][3].config.get("method") == "adapter":
+            tail, source, why = group_tail(members, found.runs, tails)
+        else:
+            tail, why = None, "the spectrum predicts adapter rank sweeps only"
         try:
             fit = fit_sweep(ranks, seeds, acc, tail=tail, delta=delta, n_boot=n_boot, interval=interval,
                             horizon=horizon, rng=rng)
@@ -306,7 +322,7 @@ def analyze_runs(runs_dir, out_dir, *, delta: float = DELTA, n_boot: int = 1000,
             pred = predict_from_spectrum(tail, fit.levels, fit.means, se, delta=delta, horizon=horizon,
                                          source=source)
         results.append(GroupResult(key_d, fit, pred, tuple(m[3].id for m in members), tuple(extra)))
-    options = {"delta": delta, "n_boot": n_boot, "seed": seed, "interval": interval, "horizon": horizon}
+    options = {"delta": delta, "n_boot": n_boot, "seed": seed, "interval": interval, "horizon": horizon, "x": x}
     if not results:
         first = next((s for s in skipped if "group" in s), skipped[0] if skipped else None)
         why = f"; e.g. {first.get('group') or first.get('run')}: {first['reason']}" if first else ""
@@ -333,12 +349,14 @@ def add_arguments(parser) -> None:
                         help="bootstrap the residuals around the fit (honest with few seeds) or whole seeds")
     parser.add_argument("--horizon", type=float, default=HORIZON,
                         help="search the elbow up to this multiple of the largest measured rank")
+    parser.add_argument("--x", choices=X_AXES, default="rank",
+                        help="the capacity axis: each family's own (rank; VPT: prompt tokens) or trainable parameters")
 
 
 def run_command(args) -> int:
     out = output_folder(args)
     report = analyze_runs(args.runs, out, delta=args.delta, n_boot=args.bootstrap, seed=args.seed,
-                          interval=args.interval, horizon=args.horizon)
+                          interval=args.interval, horizon=args.horizon, x=args.x)
     print(report.table())
     print("wrote " + ", ".join(str(f) for f in report.files))
     return 0

@@ -7,8 +7,9 @@ Every analysis, the report and the demo group and pair runs through here, so the
 - **one sweep**: equal `sweep_key`, the configuration up to the adapter rank (what capacity fits
   and validation chooses a rank within).
 - **labels** name a configuration within its (dataset, backbone): the method, `r{rank}` for
-  adapters, then what differs from the reference protocol (Config's defaults) in the run-id
-  style (placement, blocks, init, activation, `x{scale}`), then any other identity field that
+  the methods with a capacity axis (adapter, lora; vpt: its prompt tokens), then what differs from the reference protocol (Config's defaults) in the run-id
+  style (placement, blocks, init, activation, `x{scale}`, adapter_scaling, lora targets joined
+  by `+`, vpt_mode), then any other identity field that
   takes more than one value among the runs of that method in the folder (`lr=0.001`), unless
   it has the reference value. E.g. `adapter-r8`, `adapter-r8-attn-relu-x0.1`, `head-lr=0.03`.
   A sweep's label drops the rank: `adapter`, `adapter-attn-relu-x0.1`.
@@ -26,14 +27,15 @@ import dataclasses
 import json
 import re
 
-from ..config import Config
+from ..config import METHOD_FIELDS, Config
 from ..errors import UserError
 
-VARIANT = ("placement", "blocks", "init", "activation", "scale")   # shown whenever not the reference
+VARIANT = ("placement", "blocks", "init", "activation", "scale",   # shown whenever not the reference
+           "adapter_scaling", "lora_targets", "vpt_mode")
 _NAMED = ("dataset", "backbone", "method", "rank", "seed")         # named by the pair, the method, the rank
 _REFERENCE = Config()
 _FIELDS = {f.name for f in dataclasses.fields(Config)}
-_RANKED = re.compile(r"^adapter-r(\d+)(.*)$")
+_RANKED = re.compile(rf"^({'|'.join(METHOD_FIELDS)})-r(\d+)(.*)$")  # the methods with a capacity axis
 TIE_RULE = "the highest mean validation accuracy over seeds; on a tie, the smaller rank"
 
 
@@ -67,6 +69,8 @@ def sweep_key(d: dict) -> str:
 def _part(name: str, value) -> str:
     if name == "scale":
         return f"x{value:g}"
+    if name == "lora_targets":
+        return str(value).replace(",", "+")
     return str(value).replace(":", "") if name in VARIANT else f"{name}={value}"
 
 
@@ -83,7 +87,7 @@ def labels(configs: list[dict]) -> list[str]:
     for c, ident in zip(cfgs, idents):
         varies = [k for k in ident if k not in _NAMED and k not in VARIANT
                   and len(seen[c.dataset, c.backbone, c.method, k]) > 1]
-        parts = [c.method] + ([f"r{c.rank}"] if c.method == "adapter" else [])
+        parts = [c.method] + ([f"r{c.rank}"] if c.method in METHOD_FIELDS else [])
         parts += [_part(k, ident[k]) for k in (*VARIANT, *varies) if k in ident and ident[k] != getattr(_REFERENCE, k)]
         out.append("-".join(parts))
     keys: dict[tuple, set] = {}
@@ -99,14 +103,16 @@ def labelled_rows(runs) -> list[dict]:
 
 
 def split(label: str) -> tuple[str, int | None]:
-    """(sweep label, rank) of an adapter label ("adapter-r8-attn" -> ("adapter-attn", 8)); (label, None) else."""
+    """(sweep label, rank) of a label with a capacity axis ("adapter-r8-attn" -> ("adapter-attn", 8),
+    "vpt-r4" -> ("vpt", 4)); (label, None) else."""
     m = _RANKED.match(label)
-    return ("adapter" + m.group(2), int(m.group(1))) if m else (label, None)
+    return (m.group(1) + m.group(3), int(m.group(2))) if m else (label, None)
 
 
 def ranked(sweep: str, rank: int) -> str:
     """The label of `rank` in `sweep` (the inverse of `split`)."""
-    return f"adapter-r{rank}{sweep[len('adapter'):]}"
+    method, dash, rest = sweep.partition("-")
+    return f"{method}-r{rank}{dash}{rest}"
 
 
 def order(label: str) -> tuple:

@@ -205,6 +205,7 @@ def capacity_figure(fits) -> Figure:
     items = list(fits.groups) if hasattr(fits, "groups") else [fits] if hasattr(fits, "fit") or hasattr(fits, "fits") \
         else list(fits)
     panels = [_panel(i) for i in items]
+    xlabel = "trainable parameters" if getattr(fits, "options", {}).get("x") == "params" else "rank r (VPT: prompt tokens)"
     cols = min(3, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
@@ -241,7 +242,7 @@ def capacity_figure(fits) -> Figure:
         if f.kneedle is not None and np.isfinite(f.kneedle):
             ax.axvline(f.kneedle, color=KNEEDLE, ls="-.", lw=1, label=f"Kneedle {f.kneedle:.3g}")
         ax.set_xticks(f.levels, [f"{v:g}" for v in f.levels])
-        ax.set(xlabel="adapter rank r", ylabel="test accuracy (%)")
+        ax.set(xlabel=xlabel, ylabel="test accuracy (%)")
         ax.set_title(p["label"], fontsize=9)
         ax.legend(fontsize=6, loc="best")
     for ax in list(axes.flat)[len(panels):]:
