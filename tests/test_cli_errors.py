@@ -27,7 +27,7 @@ TRAIN = [  # (flags after `train` + TINY, a phrase the message must hold)
     (["--dataset", "planted", "--planted-strength", "-1"], "--planted-strength"),
     (["--device", "tpu"], "--device"), (["--device", "cuda:99"], "--device cuda:99"),
     (["--device", "cuda:x"], "--device"), (["--blocks", "every:100"], "selects no block"),
-    (["--blocks", "some"], "--blocks"), (["--method", "lora"], "--method"), (["--placement", "inside"], "--placement"),
+    (["--blocks", "some"], "--blocks"), (["--method", "dora"], "--method"), (["--placement", "inside"], "--placement"),
     (["--no-such-flag"], "unrecognized arguments"), (["--weights", "{tmp}/missing.pth"], "no such file"),
     (["--dataset", "folder:{tmp}/missing"], "expected"), (["--data-root", "{tmp}/a-file"], "a file, not a folder"),
     (["--out", "{tmp}/a-file"], "is a file, not a folder"), (["--out", "{tmp}/a-file/sub"], "is a file"),

@@ -34,7 +34,7 @@ callable_module(__name__ + ".significance", "adaptertune.analysis.significance:a
 
 _LAZY = {
     "noise_floor": "spectrum", "shared_directions": "spectrum",
-    "fit_sweep": "capacity_fit", "predict_from_spectrum": "capacity_fit", "trend_tests": "capacity_fit",
+    "fit_sweep": "capacity_fit", "predict_from_spectrum": "capacity_models", "trend_tests": "capacity_trends",
     "compare": "stattests", "aggregate": "aggregates", "table_from_rows": "tidy", "load_table": "tidy", "evaluate_claim": "claims", "parse_claims": "claims", "load_claims": "claims",
     "overview": "report", "derive": "theory",
 }

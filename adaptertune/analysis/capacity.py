@@ -19,7 +19,8 @@ import numpy as np
 
 from ..errors import UserError
 from ..runs import _plain as plain   # JSON-safe: arrays to lists, NaN/inf to None
-from .capacity_fit import DELTA, HORIZON, SpectrumPrediction, SweepFit, fit_sweep, p_text, predict_from_spectrum
+from .capacity_fit import SweepFit, fit_sweep, p_text
+from .capacity_models import DELTA, HORIZON, SpectrumPrediction, predict_from_spectrum
 from . import groups
 from .tables import markdown_table, output_folder, text_table, write_csv
 

@@ -171,7 +171,7 @@ ELBOW, PREDICTED, KNEEDLE = "C3", "C1", "C8"                                    
 
 def _panel(item) -> dict:
     """A capacity panel from a GroupResult (a fit with its label and spectrum prediction) or a SweepFit."""
-    from .capacity_fit import rank_grid
+    from .capacity_models import rank_grid
 
     fit, label, pred = (item.fit, item.label, item.prediction) if hasattr(item, "fit") else (item, "rank sweep", None)
     lo, hi = float(fit.levels.min()), float(fit.levels.max())
