@@ -1,6 +1,7 @@
 """The PEFT families on the same runner: LoRA (PEFT's and our q/k/v split), BitFit, VPT, adapter presets."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -15,6 +16,18 @@ from adaptertune.errors import UserError
 from adaptertune.peft_methods import disabled, lora_config, merge
 
 peft = pytest.importorskip("peft")  # in the dev extra
+
+
+def _plain_id(run_id: str) -> str:
+    """A run id without its config key (`-{8 hex}` before `-s{seed}`)."""
+    return re.sub(r"-[0-9a-f]{8}(-s\d+)$", r"\1", run_id)
+
+
+def _run(root, name: str):
+    """The run directory `synthetic-vit_nano-{name}-<config key>-s0` under `root`."""
+    found = [p for p in root.iterdir() if _plain_id(p.name) == f"synthetic-vit_nano-{name}-s0"]
+    assert len(found) == 1, (name, found)
+    return found[0]
 
 D, DEPTH, C, R = 48, 3, 5, 4  # vit_nano: embed dim, blocks; classes; rank / prompt tokens
 HEAD = D * C + C
@@ -107,11 +120,11 @@ def sweep(tmp_path_factory):
 
 
 def test_sweep_runs_are_complete_and_load_reproduces_their_test_accuracy(sweep):
-    ids = sorted(p.name for p in sweep.iterdir())
+    ids = sorted(_plain_id(p.name) for p in sweep.iterdir())
     assert ids == sorted([f"synthetic-vit_nano-lora-r{r}-qkvfc2-s0" for r in (1, 2, 4)]
                          + [f"synthetic-vit_nano-vpt-r{t}-s0" for t in (1, 2, 4)] + ["synthetic-vit_nano-bitfit-s0"])
     for run in ("lora-r2-qkvfc2", "bitfit", "vpt-r2"):
-        path = sweep / f"synthetic-vit_nano-{run}-s0"
+        path = _run(sweep, run)
         summary = json.loads((path / "summary.json").read_text())
         assert summary["status"] == "complete" and (path / "features.safetensors").is_file()
         model = adaptertune.load(path)
@@ -123,7 +136,7 @@ def test_sweep_runs_are_complete_and_load_reproduces_their_test_accuracy(sweep):
 
 
 def test_peft_export_loads_in_peft_with_the_same_logits(sweep, tmp_path, frozen):
-    run = sweep / "synthetic-vit_nano-lora-r4-qkvfc2-s0"
+    run = _run(sweep, "lora-r4-qkvfc2")
     assert main(["export-peft", str(run), str(tmp_path / "peft")]) == 0
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (tmp_path / "peft").iterdir()}
     ours = adaptertune.load(run, merge=False).model
@@ -140,7 +153,7 @@ def test_split_qkv_runs_do_not_export(tmp_path, capsys):
             "--backbone", "vit_nano", "--weights", "none", "--method", "lora", "--rank", "2", "--epochs", "1",
             "--batch-size", "32", "--feature-samples", "8", "--log-every", "0", "--out", str(run)]
     assert main(argv) == 0
-    assert main(["export-peft", str(run / "synthetic-vit_nano-lora-r2-s0"), str(tmp_path / "x")]) == 2
+    assert main(["export-peft", str(_run(run, "lora-r2")), str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "q,v" in err and "not exportable" in err
 
@@ -152,7 +165,7 @@ def test_sweep_runs_group_per_family_with_their_parameter_counts(sweep):
     sweeps, skipped, notes = collect(discover(sweep), x="params")
     assert not skipped and notes == ["1 bitfit run(s) are not part of a rank sweep (no capacity axis)"]
     levels = {members[0][4]: sorted(m[0] for m in members) for members in sweeps.values()}
-    counts = {t: json.loads((sweep / f"synthetic-vit_nano-vpt-r{t}-s0" / "summary.json").read_text())["trainable_params"]
+    counts = {t: json.loads((_run(sweep, f"vpt-r{t}") / "summary.json").read_text())["trainable_params"]
               for t in (1, 2, 4)}
     assert levels["vpt"] == [counts[1], counts[2], counts[4]] and counts[2] - counts[1] == D  # one token: d
     assert len(levels["lora-qkv+fc2"]) == 3
@@ -190,8 +203,9 @@ def test_identity_and_run_ids_per_family():
     assert "placement" not in lora.identity() and {"lora_targets", "lora_alpha", "rank"} <= set(lora.identity())
     assert "lora_targets" not in Config().identity() and "vpt_mode" not in lora.identity()
     assert "rank" not in bitfit.identity() and Config(method="bitfit", rank=2).config_key() == bitfit.config_key()
-    assert vpt.run_id.endswith("vpt-r8-s0") and Config(method="vpt", vpt_mode="deep").run_id.endswith("vpt-r16-deep-s0")
-    assert bitfit.run_id.endswith("bitfit-s0")
+    assert _plain_id(vpt.run_id).endswith("vpt-r8-s0")
+    assert _plain_id(Config(method="vpt", vpt_mode="deep").run_id).endswith("vpt-r16-deep-s0")
+    assert _plain_id(bitfit.run_id).endswith("bitfit-s0")
     for bad in ("q,x", "qkv,q", ""):
         with pytest.raises(UserError, match="--lora-targets"):
             Config(method="lora", lora_targets=bad).validate()

@@ -104,7 +104,7 @@ def test_whole_numbers_for_float_options_are_the_runs_train_makes(tmp_path):
 
 @pytest.mark.parametrize("spec,message", [
     ({"ranks": "4..60"}, "not 4 times a power of two"),
-    ({"methods": ["head", "lora"]}, "--method"),
+    ({"methods": ["head", "dora"]}, "--method"),
     ({"overrides": {"lrr": 0.1}}, "'lrr' is not an option"),
     ({"overrides": {"rank": 8}}, "the study's datasets"),
     ({"overrides": {"epochs": "ten"}}, "epochs = 'ten' should be a int"),
