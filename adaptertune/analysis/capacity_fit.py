@@ -4,19 +4,8 @@ intervals, the elbow with its interval, lack of fit, and the trend tests (capaci
 
 The theory (analysis/theory.py) says accuracy(r) = 100 - e_inf - a*tau(r)/tau(0) - b*p(r)/n: it rises
 with rank while the approximation term dominates and saturates as the spectrum's tail flattens.
-Three families describe a measured sweep, every point (rank, seed, accuracy) a replicate:
-
-    power      A - B r^-alpha             saturating power law (power-law spectrum, alpha = gamma - 1)
-    exp        A - B exp(-r/rho)          exponential saturation
-    flat       A - B max(0, 1 - r/kappa)  a shift of kappa equal directions (flat spectrum of finite
-                                          rank, tau(r)/tau(0) = 1 - r/kappa): the rise stops at kappa
-    spectral   A - a T(r) - b r           T = tau/tau(0) from a measured spectrum: the shape is fixed by
-                                          the spectrum; a = approximation weight, b = estimation cost per
-                                          rank (the theory's b * L (2d+1) / n)
-
-All are linear in their coefficients (A, B | A, a, b, constrained B, a, b >= 0) given at most one
-nonlinear parameter (alpha, rho, kappa), so a fit is a grid over that parameter with constrained least
-squares at each point, refined by one parabolic step - vectorised over bootstrap replicates.
+The families (power, exp, flat, spectral) and their vectorised constrained least squares are in
+capacity_models; every point (rank, seed, accuracy) is a replicate.
 
 Intervals (95%) come from a residual bootstrap by default: the deviations of every run from the
 fitted curve (the seed replicates' scatter, pooled over ranks, rescaled by sqrt(n/(n-q)) for the q
