@@ -113,7 +113,7 @@ def expand(spec: dict, where: str = "study") -> list[Config]:
                 for values in _product(varied):
                     base = _config({**overrides, **fixed, **values}, name, dataset=dataset, backbone=backbone)
                     configs += sweep.plan(base, ["adapter"], b_ranks or [base.rank], b_seeds)
-    return _dedupe(configs, where)
+    return _dedupe(configs)
 
 
 def _config(options: dict, where: str, **axes) -> Config:
@@ -177,7 +177,7 @@ def _parsed(parse, value, where: str) -> list:
         raise UserError(f"{where}: {e}") from None
 
 
-def _dedupe(configs: list[Config], where: str) -> list[Config]:
+def _dedupe(configs: list[Config]) -> list[Config]:
     """One config per run directory: a run named by the grid and by an ablation is run once (the run id
     holds the config key, so equal ids are equal configurations)."""
     seen: dict[str, Config] = {}
