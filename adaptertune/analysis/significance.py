@@ -18,6 +18,12 @@ Honest power: each test states the smallest p-value it can attain with this many
 correction, at best). A result whose best attainable p exceeds alpha is "inconclusive
 (underpowered)", never "not significant".
 
+Families at matched budgets (budgets.py): per pair, each family's configurations (adapter sweeps
+and presets, LoRA, VPT, BitFit, head, full) are matched to another family's by trainable parameters
+(each the other's nearest in log scale, within `budget_factor`, default 2x) and compared over seeds
+with the same tests; these comparisons are corrected as a family of their own and aggregated per
+family pair across every match.
+
 Claims (a TOML file) get one verdict each: see analysis/claims.py. Their tests use the
 statistics here: "perm" (the default test) is the sign-flip test over paired units (exact up to 16
 units, Monte Carlo beyond) or the two-sample permutation test; "t" the t-test, which assumes
@@ -39,13 +45,14 @@ import numpy as np
 from .. import runs
 from ..errors import UserError
 from . import groups
+from .budgets import FACTOR, BudgetComparisons, compare_matched
 from .aggregates import (Aggregate, aggregate, hierarchical_bootstrap, iqm, iqm_bootstrap,  # noqa: F401
                          mixed_effects, poi_bootstrap, probability_of_improvement, _iqm_rows)
 from .claims import Claim, evaluate_claim, load_claims
 from .stattests import (CORRECTIONS, TEST_NAMES, TESTS, UNDERPOWERED, Comparison, adjust,  # noqa: F401
                         best_adjusted, compare, hedges_g, permutation_test_2samp, sign_flip_test, t_pvalue, verdict)
 from .tables import latex_escape as _tex
-from .tables import markdown_table, output_folder, p_value, text_table, write_csv
+from .tables import count, markdown_table, output_folder, p_value, text_table, write_csv
 from .tidy import CSV_COLUMNS, Table, load_table, paired_values, read_csv, table_from_rows  # noqa: F401
 
 
@@ -65,6 +72,7 @@ class SignificanceReport:
     claims: tuple = ()              # ClaimResult
     notes: tuple = ()
     figures: tuple = ()             # file names written beside significance.json
+    budgets: BudgetComparisons | None = None   # families at matched parameter budgets
 
     def to_dict(self) -> dict:
         return {"metric": self.metric, "alpha": self.alpha, "test": self.test, "correction": self.correction,
@@ -74,7 +82,7 @@ class SignificanceReport:
                 "selected": list(self.selected), "comparisons": [c.to_dict() for c in self.comparisons],
                 "aggregates": [a.to_dict() for a in self.aggregates],
                 "claims": [c.to_dict() for c in self.claims], "notes": list(self.notes),
-                "figures": list(self.figures)}
+                "figures": list(self.figures), "budgets": self.budgets.to_dict() if self.budgets else None}
 
     # rows shared by the text, Markdown and LaTeX renderings
     def _comparison_rows(self) -> tuple[list[str], list[list[str]]]:
@@ -86,11 +94,29 @@ class SignificanceReport:
                 for c in self.comparisons]
         return head, rows
 
-    def _aggregate_rows(self) -> tuple[list[str], list[list[str]]]:
-        head = ["a - b", "pairs", "mean diff", "CI (pairs, seeds)", "IQM", "IQM CI", "P(a>b)", "W/T/L", "p sign"]
-        mixed = any(g.mixed for g in self.aggregates)
+    def _budget_rows(self) -> tuple[list[str], list[list[str]]]:
+        head = ["pair", "a (params) - b (params)", "a/b", "n", "diff", f"{1 - self.alpha:.0%} CI (boot)", "p_t",
+                "p_perm", "p_adj", "g", "verdict"]
         rows = []
-        for g in self.aggregates:
+        for mc in self.budgets.comparisons:
+            c, m = mc.comparison, mc.match
+            rows.append([c.pair, f"{m.a} ({count(m.params_a)}) - {m.b} ({count(m.params_b)})", f"{m.ratio:.2f}",
+                         f"{c.n}{'' if c.paired else 'u'}", f"{c.mean_diff:+.2f}", _ci(c.ci), p_value(c.p_t),
+                         p_value(c.p_perm), p_value(c.p_adj), "-" if c.hedges_g is None else f"{c.hedges_g:+.2f}",
+                         c.verdict])
+        return head, rows
+
+    def _budget_intro(self) -> str:
+        b = self.budgets
+        return (f"families at matched budgets: {b.rule}; {len(b.comparisons)} comparisons, "
+                f"{self.correction}-corrected among themselves; across pairs, every match is one unit")
+
+    def _aggregate_rows(self, aggregates=None, unit: str = "pairs") -> tuple[list[str], list[list[str]]]:
+        aggregates = self.aggregates if aggregates is None else aggregates
+        head = ["a - b", unit, "mean diff", "CI (pairs, seeds)", "IQM", "IQM CI", "P(a>b)", "W/T/L", "p sign"]
+        mixed = any(g.mixed for g in aggregates)
+        rows = []
+        for g in aggregates:
             rows.append([f"{g.a} - {g.b}", str(g.n_pairs), f"{g.mean_diff:+.2f}", _ci(g.ci),
                          "-" if g.iqm is None else f"{g.iqm:+.2f}", _ci(g.iqm_ci),
                          f"{g.prob_improvement:.2f} {_ci(g.prob_improvement_ci, '.2f')}",
@@ -122,10 +148,15 @@ class SignificanceReport:
             out += ["", text_table(*self._comparison_rows())]
         if self.aggregates:
             out += ["", "across pairs:", text_table(*self._aggregate_rows())]
+        if self.budgets and self.budgets.comparisons:
+            out += ["", self._budget_intro() + ":", text_table(*self._budget_rows()), "",
+                    "families at matched budgets, across pairs:",
+                    text_table(*self._aggregate_rows(self.budgets.aggregates, "matches"))]
         for c in self.claims:
             out += ["", f"[{c.verdict}] {c.id}: {c.text}".rstrip(": "), f"    {c.summary}"]
-        if self.notes:
-            out += [""] + [f"note: {n}" for n in self.notes]
+        notes = self.notes + (self.budgets.notes if self.budgets else ())
+        if notes:
+            out += [""] + [f"note: {n}" for n in notes]
         return "\n".join(out)
 
     def markdown(self) -> str:
@@ -141,6 +172,11 @@ class SignificanceReport:
             out += [f"![paired differences with {1 - self.alpha:.0%} bootstrap intervals]({f})\n" for f in self.figures]
         if self.aggregates:
             out += ["### Across pairs", "", markdown_table(*self._aggregate_rows()), ""]
+        if self.budgets and self.budgets.comparisons:
+            intro = self._budget_intro()
+            out += ["### Families at matched budgets", "", intro[0].upper() + intro[1:] + ".", "",
+                    markdown_table(*self._budget_rows()), "", "Across pairs:", "",
+                    markdown_table(*self._aggregate_rows(self.budgets.aggregates, "matches")), ""]
         if self.claims:
             out += ["### Claims", "", markdown_table(["claim", "verdict", "evidence"],
                                                 [[f"**{c.id}** {c.text}".strip(), c.verdict, c.summary]
@@ -171,28 +207,34 @@ def _ci(ci, fmt: str = "+.2f") -> str:
 # -- entry points ----------------------------------------------------------------------------------
 
 def _default_labels(table: Table) -> list[str]:
-    """The selected adapter of the reference sweep ("adapter"; else of every sweep) and every baseline;
-    a sweep of adapters alone compares its ranks. Other sweeps are compared when named (--methods)."""
+    """The selected adapter of the reference sweep ("adapter"; else of every adapter sweep), the selected
+    rank of every other family's sweep (LoRA, VPT) and every baseline; a sweep of adapters alone compares
+    its ranks. Other adapter sweeps are compared when named (--methods)."""
     labels = table.labels()
     adapters = [lab for lab in labels if groups.split(lab)[1] is not None]
-    selected = [lab for lab in labels if lab.startswith("adapter") and groups.split(lab)[1] is None]
-    chosen = (["adapter"] if "adapter" in selected else selected or adapters)
-    chosen += [lab for lab in labels if not lab.startswith("adapter")]
+    selected = {lab for _, _, lab in table.selected}
+    mine = [lab for lab in labels if lab.startswith("adapter") and groups.split(lab)[1] is None]
+    chosen = (["adapter"] if "adapter" in mine else mine or [a for a in adapters if a.startswith("adapter")])
+    chosen += [lab for lab in labels if not lab.startswith("adapter") and (groups.split(lab)[1] is None or
+                                                                          groups.split(lab)[0] not in selected)]
     return chosen if len(chosen) >= 2 else adapters
 
 
 def analyze(table: Table, claims: list[Claim] = (), *, alpha: float = 0.05, test: str = "perm",
             correction: str = "holm", methods: list[str] | None = None, n_boot: int = 2000, seed: int = 0,
-            mixed: bool = False, allow_unpaired: bool = False, runs_dir: Path | None = None) -> SignificanceReport:
+            mixed: bool = False, allow_unpaired: bool = False, runs_dir: Path | None = None,
+            budget_factor: float = FACTOR) -> SignificanceReport:
     """Compare every pair of `methods` (default: the selected adapter and every baseline) on each
     (dataset, backbone) pair where both were run, correct over all comparisons, aggregate per method
-    pair, and evaluate `claims`."""
+    pair, compare families at matched budgets (within `budget_factor`), and evaluate `claims`."""
     if test not in TESTS:
         raise UserError(f"--test {test!r}: choose one of {', '.join(TESTS)}")
     if correction not in CORRECTIONS:
         raise UserError(f"--correction {correction!r}: choose one of {', '.join(CORRECTIONS)}")
     if not 0 < alpha < 1:
         raise UserError(f"--alpha must be in (0, 1), got {alpha}")
+    if not budget_factor >= 1:
+        raise UserError(f"--budget-factor must be at least 1, got {budget_factor}")
     labels = list(methods) if methods else _default_labels(table)
     known = table.labels()
     for lab in labels:
@@ -214,19 +256,23 @@ def analyze(table: Table, claims: list[Claim] = (), *, alpha: float = 0.05, test
     rng = np.random.default_rng([seed, 2])
     aggs = [aggregate([u for u, _ in v], [n for _, n in v], a, b, rng=rng, n_boot=n_boot, level=1 - alpha,
                       mixed=mixed) for (a, b), v in units_by.items()]
+    budgets = compare_matched(table, factor=budget_factor, alpha=alpha, test=test, correction=correction,
+                              n_boot=n_boot, rng=np.random.default_rng([seed, 3]), allow_unpaired=allow_unpaired,
+                              mixed=mixed)
     results = [evaluate_claim(c, table, alpha=alpha, test=test, correction=correction, n_boot=n_boot, seed=seed,
                               allow_unpaired=allow_unpaired, runs_dir=runs_dir, index=i)
                for i, c in enumerate(claims)]
     selected = tuple({"dataset": d, "backbone": b, "label": lab, "rank": r, "val_acc1": v}
                      for (d, b, lab), (r, v) in sorted(table.selected.items()))
     return SignificanceReport(table.metric, alpha, test, correction, n_boot, seed, selected, tuple(comps),
-                              tuple(aggs), tuple(results), table.notes)
+                              tuple(aggs), tuple(results), table.notes, budgets=budgets)
 
 
 def analyze_runs(runs_dir: Path, out_dir: Path, claims=None, *, metric: str = "test_acc1",
                  latex: Path | None = None, plot: bool = True, **options) -> SignificanceReport:
     """Load the table (run folder or CSV), analyze, and write out_dir/significance.json, .csv (the
-    pairwise comparisons) and significance.png (forest plot); with `latex`, also the LaTeX table
+    pairwise comparisons, then those of families at matched budgets) and significance.png (forest
+    plot); with `latex`, also the LaTeX table
     there and its claims as JSON beside it. `claims`: a TOML path or a list of Claim. `options`:
     alpha, test, correction, methods, n_boot, seed, mixed, allow_unpaired (see `analyze`)."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
@@ -240,7 +286,7 @@ def analyze_runs(runs_dir: Path, out_dir: Path, claims=None, *, metric: str = "t
         png = plots.save(plots.significance_figure(report), out_dir / "significance.png")
         report = replace(report, figures=(png.name,))
     runs.write_json(out_dir / "significance.json", report.to_dict())
-    _write_csv(out_dir / "significance.csv", report.comparisons)
+    _write_csv(out_dir / "significance.csv", report.comparisons, report.budgets)
     if latex is not None:
         latex = Path(latex)
         runs.write_text(latex, report.latex())
@@ -254,11 +300,20 @@ _CSV = ("dataset", "backbone", "a", "b", "n", "paired", "mean_a", "mean_b", "mea
         "ci_t_lo", "ci_t_hi", "p_t", "p_perm", "p_wilcoxon", "hedges_g", "test", "p", "min_p", "p_adj", "verdict")
 
 
-def _write_csv(path: Path, comps) -> None:
-    """One row per pairwise comparison (CRLF line ends, as csv's default has always written them)."""
-    rows = [{**c.to_dict(), "ci_lo": (c.ci or (None, None))[0], "ci_hi": (c.ci or (None, None))[1],
-             "ci_t_lo": (c.ci_t or (None, None))[0], "ci_t_hi": (c.ci_t or (None, None))[1]} for c in comps]
-    write_csv(path, _CSV, rows, lineterminator="\r\n")
+_CSV_BUDGET = ("comparison", "family_a", "family_b", "params_a", "params_b", "ratio")
+
+
+def _write_csv(path: Path, comps, budgets: BudgetComparisons | None = None) -> None:
+    """One row per pairwise comparison ("comparison": "pairwise"), then one per comparison at a matched
+    budget ("matched budget", with the families and parameter counts); CRLF line ends, as csv's default
+    has always written them."""
+    def row(c, extra):
+        return {**c.to_dict(), "ci_lo": (c.ci or (None, None))[0], "ci_hi": (c.ci or (None, None))[1],
+                "ci_t_lo": (c.ci_t or (None, None))[0], "ci_t_hi": (c.ci_t or (None, None))[1], **extra}
+    rows = [row(c, {"comparison": "pairwise"}) for c in comps]
+    rows += [row(m.comparison, {**m.match.to_dict(), "comparison": "matched budget"})
+             for m in (budgets.comparisons if budgets else ())]
+    write_csv(path, _CSV + _CSV_BUDGET, rows, lineterminator="\r\n")
 
 
 def add_arguments(parser) -> None:
@@ -275,6 +330,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap / Monte Carlo generator")
     parser.add_argument("--mixed", action="store_true", help="also fit MixedLM metric ~ method + (1 | pair)")
+    parser.add_argument("--budget-factor", type=float, default=FACTOR,
+                        help="families at matched budgets: configurations whose trainable parameters are each "
+                             "other's nearest in log scale and within this factor")
     parser.add_argument("--allow-unpaired", action="store_true",
                         help="compare methods with different seeds unpaired (Welch) instead of failing")
     parser.add_argument("--latex", type=Path, default=None,
@@ -291,7 +349,7 @@ def run_command(args) -> int:
     report = analyze_runs(source, out, claims=args.claims, metric=args.metric, latex=latex, plot=args.plot,
                           alpha=args.alpha, test=args.test, correction=args.correction, methods=methods,
                           n_boot=args.bootstrap, seed=args.seed, mixed=args.mixed,
-                          allow_unpaired=args.allow_unpaired)
+                          allow_unpaired=args.allow_unpaired, budget_factor=args.budget_factor)
     print(report.table())
     wrote = [out / "significance.json", out / "significance.csv"] + ([latex] if latex else [])
     print("\nwrote " + ", ".join(map(str, wrote)))

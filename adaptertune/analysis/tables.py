@@ -54,6 +54,16 @@ def p_value(p: float | None) -> str:
     return f"{p:.1e}" if 0 < p < 1e-3 else ("0" if p == 0 else f"{p:.3g}")
 
 
+def count(n: float | None) -> str:
+    """A parameter count in 3 significant digits: 840, 12.3k, 4.51M, 1.2G ("-" for none)."""
+    if n is None:
+        return "-"
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(n) >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:.3g}"
+
+
 def output_folder(args) -> Path:
     """Where a command writes: --out, else `analysis` beside the run folder's contents (or the CSV file)."""
     source = Path(args.runs)

@@ -8,7 +8,7 @@ Imports no torch and no plotting.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,12 +22,14 @@ from . import groups
 class Table:
     """Metric values by (dataset, backbone, label) -> {seed: value}, one configuration per label; each
     sweep's label without the rank ("adapter", "adapter-attn") is the rank selected on validation per
-    pair (`selected`: (dataset, backbone, sweep label) -> (rank, mean best_val_acc1))."""
+    pair (`selected`: (dataset, backbone, sweep label) -> (rank, mean best_val_acc1)); `params`:
+    (dataset, backbone, label) -> its trainable parameters (summary.json's `trainable_params`), where known."""
     metric: str
     cells: dict
     selected: dict
     source: Path | None = None
     notes: tuple = ()
+    params: dict = field(default_factory=dict)
 
     def pairs(self) -> list[tuple[str, str]]:
         return sorted({(d, b) for d, b, _ in self.cells})
@@ -43,11 +45,16 @@ class Table:
         """Adapter ranks of `sweep` (default: the reference configuration) run on this pair, ascending."""
         return sorted(r for s, r in map(groups.split, self.labels(pair)) if s == sweep and r is not None)
 
+    def configurations(self, pair: tuple[str, str]) -> list[str]:
+        """The labels of `pair` that are configurations, not a sweep's selected rank ("adapter")."""
+        return [lab for lab in self.labels(pair) if (*pair, lab) not in self.selected]
+
 
 def table_from_rows(rows: list[dict], metric: str = "test_acc1", source: Path | None = None,
                     notes: tuple = ()) -> Table:
     """Build a Table from tidy rows (dicts with dataset, backbone, method, rank, seed, the metric and
-    best_val_acc1, and optionally any config field, or their "label": `groups.labelled_rows`). Rows
+    best_val_acc1, and optionally trainable_params and any config field, or their "label":
+    `groups.labelled_rows`). Rows
     whose status is set and not "complete", or whose metric is missing, are left out with a note;
     two rows for the same (dataset, backbone, label, seed) are an error."""
     kept, dropped = [], 0
@@ -59,7 +66,7 @@ def table_from_rows(rows: list[dict], metric: str = "test_acc1", source: Path | 
         else:
             kept.append(row)
     labels = [row["label"] for row in kept] if all("label" in row for row in kept) else groups.labels(kept)
-    cells, val, origin = {}, {}, {}
+    cells, val, origin, counts = {}, {}, {}, {}
     for row, label in zip(kept, labels):
         key = (str(row["dataset"]), str(row["backbone"]), label)
         if row.get("seed") is None:
@@ -72,9 +79,18 @@ def table_from_rows(rows: list[dict], metric: str = "test_acc1", source: Path | 
         cells[key][seed] = float(row[metric])
         v = row.get("best_val_acc1")
         val.setdefault(key, {})[seed] = None if v in (None, "") else float(v)
+        if row.get("trainable_params") not in (None, ""):
+            counts.setdefault(key, set()).add(float(row["trainable_params"]))
     if not cells:
         raise UserError(f"no runs with {metric} in {source or 'the table'}")
     notes = tuple(notes) + ((f"left out {dropped} rows that are not complete or lack {metric}",) if dropped else ())
+    params = {}
+    for key, found in sorted(counts.items()):
+        if len(found) > 1:  # one configuration, one count: seeds that disagree cannot be matched by budget
+            notes += (f"{'/'.join(key)}: trainable_params differ across seeds ({', '.join(f'{v:g}' for v in sorted(found))}); "
+                      "left out of the budget comparisons",)
+        else:
+            params[key] = found.pop()
     sweeps: dict[tuple, dict] = {}
     for (d, b, lab), seeds in val.items():
         sweep, rank = groups.split(lab)
@@ -90,7 +106,9 @@ def table_from_rows(rows: list[dict], metric: str = "test_acc1", source: Path | 
         rank = groups.choose_rank(by_rank)
         selected[(d, b, sweep)] = (rank, by_rank[rank])
         cells[(d, b, sweep)] = cells[(d, b, groups.ranked(sweep, rank))]
-    return Table(metric, cells, selected, source, notes)
+        if (d, b, groups.ranked(sweep, rank)) in params:
+            params[(d, b, sweep)] = params[(d, b, groups.ranked(sweep, rank))]
+    return Table(metric, cells, selected, source, notes, params)
 
 
 CSV_COLUMNS = ("dataset", "backbone", "method", "rank", "seed")
@@ -98,7 +116,7 @@ CSV_COLUMNS = ("dataset", "backbone", "method", "rank", "seed")
 
 def read_csv(path: Path, metric: str = "test_acc1") -> list[dict]:
     """Tidy rows from a CSV with columns dataset, backbone, method, rank (empty unless adapter), seed,
-    the metric, and optionally best_val_acc1, status and any config field (placement, blocks, init,
+    the metric, and optionally best_val_acc1, trainable_params, status and any config field (placement, blocks, init,
     activation, scale, lr, ...: a configuration is every such field but the seed, `groups`)."""
     path = Path(path)
     try:
@@ -114,7 +132,8 @@ def read_csv(path: Path, metric: str = "test_acc1") -> list[dict]:
     out = []
     for line, row in enumerate(rows, start=2):
         row = {k: (v.strip() if isinstance(v, str) else v) for k, v in row.items()}
-        for name, kind in (("seed", int), ("rank", int), (metric, float), ("best_val_acc1", float)):
+        for name, kind in (("seed", int), ("rank", int), (metric, float), ("best_val_acc1", float),
+                           ("trainable_params", float)):
             v = row.get(name)
             if v in (None, ""):
                 row[name] = None
