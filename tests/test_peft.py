@@ -226,3 +226,47 @@ def test_lora_on_a_qkv_that_the_block_bypasses_is_refused():
 
     with pytest.raises(UserError, match="no effect"):
         add_lora(model, Config(method="lora", rank=2))
+
+
+def test_significance_compares_the_sweeps_families_at_matched_budgets(sweep, tmp_path, capsys):
+    count = {name: json.loads((_run(sweep, name) / "summary.json").read_text())["trainable_params"]
+             for name in ("bitfit", "lora-r1-qkvfc2", "lora-r2-qkvfc2", "vpt-r4")}
+    assert count["lora-r1-qkvfc2"] < count["bitfit"] < count["lora-r2-qkvfc2"] < 2 * count["lora-r1-qkvfc2"]
+    assert count["lora-r1-qkvfc2"] > 2 * count["vpt-r4"]  # VPT is more than 2x away from every other family
+    assert main(["analyze", "significance", str(sweep), "--bootstrap", "50", "--no-plot",
+                 "--out", str(tmp_path / "sig")]) == 0
+    out = capsys.readouterr().out
+    assert "families at matched budgets" in out and "bitfit (1.88k) - lora-r1-qkv+fc2 (1.49k)" in out
+    report = json.loads((tmp_path / "sig" / "significance.json").read_text())
+    matched = [(c["a"], c["b"], c["params_a"], c["params_b"]) for c in report["budgets"]["comparisons"]]
+    # bitfit's nearest LoRA is r1, whose nearest non-LoRA family is bitfit: the one match within 2x
+    assert matched == [("bitfit", "lora-r1-qkv+fc2", count["bitfit"], count["lora-r1-qkvfc2"])]
+    assert [(a["a"], a["b"]) for a in report["budgets"]["aggregates"]] == [("bitfit", "lora-qkv+fc2")]
+    rows = (tmp_path / "sig" / "significance.csv").read_text().splitlines()
+    assert sum(",matched budget,bitfit,lora-qkv+fc2," in r for r in rows) == 1
+
+
+def test_capacity_names_each_sweeps_axis_in_text_csv_and_json(make_run, tmp_path, rng, capsys):
+    import csv
+
+    for r in (1, 2, 4, 8):
+        for seed in (0, 1):
+            make_run(method="vpt", rank=r, seed=seed, summary={"test_acc1": 80 - 20 / r + rng.normal(0, 0.5),
+                                                              "trainable_params": 48 * r})
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    for x, name in (("rank", "prompt tokens"), ("params", "trainable params")):
+        assert main(["analyze", "capacity", str(runs), "--x", x, "--bootstrap", "20", "--out", str(out / x)]) == 0
+        header = capsys.readouterr().out.splitlines()[0]
+        assert header.split()[:3] == ["group", *name.split()] and "ranks" not in header
+        group = json.loads((out / x / "capacity.json").read_text())["groups"][0]
+        levels = [1, 2, 4, 8] if x == "rank" else [48, 96, 192, 384]
+        assert group["axis"] == name and group["levels"] == levels == group["ranks"]  # "ranks": as before
+        with open(out / x / "capacity.csv") as f:
+            row = next(csv.DictReader(f))
+        assert row["axis"] == name and row["levels"] == ";".join(map(str, levels)) and "ranks" not in row
+    for r in (1, 2, 4):  # an adapter sweep beside it: two axes in one table
+        for seed in (0, 1):
+            make_run(method="adapter", rank=r, seed=seed, summary={"test_acc1": 70.0 + r + rng.normal(0, 0.5)})
+    assert main(["analyze", "capacity", str(runs), "--bootstrap", "20", "--out", str(out / "both")]) == 0
+    text = capsys.readouterr().out
+    assert text.split()[:2] == ["group", "levels"] and "1,2,4,8 (prompt tokens)" in text and "1,2,4 (rank)" in text

@@ -48,7 +48,7 @@ class GroupResult:
         d = self.fit.to_dict()
         pred = self.prediction
         lo, hi = self.fit.elbow_ci
-        return plain({**self.key, "label": self.label, **d,
+        return plain({**self.key, "label": self.label, **d, "levels": d["ranks"],  # "ranks": the levels, as before
                 "predicted_elbow": pred.to_dict()["elbow"] if pred else None,
                 "prediction": pred.to_dict() if pred else None,
                 "predicted_elbow_in_ci": None if pred is None or not np.isfinite(pred.elbow)
@@ -71,6 +71,12 @@ def _number(value) -> float | None:
 
 X_AXES = ("rank", "params")  # a family's own capacity axis (rank; VPT: prompt tokens), or trainable parameters
 SWEPT = ("adapter", "lora", "vpt")  # the families with a capacity axis (config.METHOD_FIELDS)
+AXIS_NAMES = {"rank": "rank", "vpt": "prompt tokens", "params": "trainable params"}  # what a sweep's levels are
+
+
+def axis_name(method: str, x: str = "rank") -> str:
+    """What the levels of a `method` sweep are under `x`: "rank", "prompt tokens" (VPT), "trainable params"."""
+    return AXIS_NAMES["params"] if x == "params" else AXIS_NAMES.get(method, AXIS_NAMES["rank"])
 
 
 def collect(found, x: str = "rank") -> tuple[dict[str, list], list[dict], list[str]]:
@@ -111,9 +117,9 @@ def collect(found, x: str = "rank") -> tuple[dict[str, list], list[dict], list[s
     return sweeps, skipped, notes
 
 
-def _columns(members: list, key: str) -> dict:
+def _columns(members: list, key: str, x: str = "rank") -> dict:
     c = members[0][3].config
-    return {**{k: c.get(k) for k in SHOWN}, "sweep": members[0][4], "key": key}
+    return {**{k: c.get(k) for k in SHOWN}, "sweep": members[0][4], "key": key, "axis": axis_name(c.get("method"), x)}
 
 
 def group_tail(members: list, runs: list, cache: dict | None = None) -> tuple[np.ndarray | None, str, str | None]:
@@ -168,14 +174,24 @@ class CapacityReport:
         return {"analysis": "capacity", "options": self.options, "groups": [g.to_dict() for g in self.groups],
                 "skipped": list(self.skipped), "notes": list(self.notes), "files": [f.name for f in self.files]}
 
+    def axis(self) -> str:
+        """The groups' levels column: their axis ("ranks", "prompt tokens", "trainable params"), or
+        "levels" when sweeps of several axes are shown together (each row then names its own)."""
+        names = {g.key.get("axis", "rank") for g in self.groups} or {"rank"}
+        if len(names) > 1:
+            return "levels"
+        name = names.pop()
+        return "ranks" if name == "rank" else name
+
     def rows(self) -> list[dict]:
-        """One display row per group (strings)."""
-        out = []
+        """One display row per group (strings); the levels column is named by `axis`."""
+        out, column = [], self.axis()
         for g in self.groups:
             f, d = g.fit, g.to_dict()
             lo, hi = f.elbow_ci
+            levels = ",".join(f"{r:g}" for r in f.levels) + (f" ({g.key.get('axis')})" if column == "levels" else "")
             out.append({
-                "group": g.label, "ranks": ",".join(f"{r:g}" for r in f.levels), "seeds": str(f.n_seeds),
+                "group": g.label, column: levels, "seeds": str(f.n_seeds),
                 "best": f"{f.best.name} (w={f.best.weight:.2f})",
                 "chosen": " ".join(f"{k} {v:.0%}" for k, v in sorted(f.selection.items(), key=lambda kv: -kv[1]) if v),
                 "params": ", ".join(f"{k} {_g(v[0])} [{_g(v[1])}, {_g(v[2])}]" for k, v in d["params"].items()),
@@ -200,8 +216,10 @@ class CapacityReport:
 
     def markdown(self) -> str:
         o = self.options
-        lines = ["## Capacity: accuracy vs adapter rank", "",
-                 f"Each sweep (adapter runs of one configuration but the rank, across seeds) is fitted by "
+        axes = sorted({g.key.get("axis", "rank") for g in self.groups}) or ["rank"]
+        lines = [f"## Capacity: accuracy vs {' / '.join(axes)}", "",
+                 f"Each sweep (runs of one configuration but its capacity axis — the rank r, VPT's prompt tokens, or "
+                 f"the trainable parameters under --x params — across seeds) is fitted by "
                  f"least squares with every seed as a replicate: a saturating power law A − B·r^−α, an "
                  f"exponential saturation A − B·e^(−r/ρ), a finite-rank shift A − B·max(0, 1 − r/κ) (κ equal "
                  f"directions: the rise stops at κ) and, where a spectrum of the feature shift exists, "
@@ -239,7 +257,7 @@ def _g(v, digits: int = 3) -> str:
     return f"{v:.{digits}g}"
 
 
-_CSV_GROUP = ["dataset", "backbone", "placement", "init", "blocks", "activation", "scale", "ranks", "n_seeds",
+_CSV_GROUP = ["dataset", "backbone", "placement", "init", "blocks", "activation", "scale", "axis", "levels", "n_seeds",
               "n_runs", "elbow", "elbow_lo", "elbow_hi", "kneedle", "kneedle_lo", "kneedle_hi", "kneedle_data",
               "elbow_means", "elbow_means_lo", "elbow_means_hi",
               "monotone_p", "monotone_test", "diminishing_p", "decline_p", "predicted_elbow"]
@@ -255,7 +273,7 @@ def _csv_rows(report: CapacityReport) -> list[dict]:
     rows = []
     for g in report.groups:
         d = g.to_dict()
-        base = {**{k: d.get(k) for k in _CSV_GROUP}, "ranks": ";".join(map(str, d["ranks"])),
+        base = {**{k: d.get(k) for k in _CSV_GROUP}, "levels": ";".join(map(str, d["levels"])),
                 "elbow_lo": d["elbow_ci"][0], "elbow_hi": d["elbow_ci"][1],
                 "kneedle_lo": d["kneedle_ci"][0], "kneedle_hi": d["kneedle_ci"][1],
                 "elbow_means_lo": d["elbow_means_ci"][0], "elbow_means_hi": d["elbow_means_ci"][1]}
@@ -297,7 +315,7 @@ def analyze_runs(runs_dir, out_dir, *, delta: float = DELTA, n_boot: int = 1000,
     sweeps, skipped, notes = collect(found, x)
     rng = np.random.default_rng(seed)
     results, tails = [], {}
-    columns = {key: _columns(members, key) for key, members in sweeps.items()}
+    columns = {key: _columns(members, key, x) for key, members in sweeps.items()}
     order = sorted(sweeps, key=lambda k: (str(columns[k]["dataset"]), str(columns[k]["backbone"]),
                                           groups.order(columns[k]["sweep"])))
     for key in order:

@@ -176,7 +176,8 @@ def _panel(item) -> dict:
     fit, label, pred = (item.fit, item.label, item.prediction) if hasattr(item, "fit") else (item, "rank sweep", None)
     lo, hi = float(fit.levels.min()), float(fit.levels.max())
     r = rank_grid(lo / 1.3, hi * 1.3, 200)
-    return {"label": label, "fit": fit, "curves": {name: (r, m.family.predict(m.theta, r)) for name, m in fit.fits.items()},
+    axis = item.key.get("axis") if hasattr(item, "key") else None
+    return {"label": label, "fit": fit, "axis": axis, "curves": {name: (r, m.family.predict(m.theta, r)) for name, m in fit.fits.items()},
             "predicted": (r, pred.curve(r)) if pred else None, "predicted_elbow": pred.elbow if pred else None}
 
 
@@ -242,7 +243,7 @@ def capacity_figure(fits) -> Figure:
         if f.kneedle is not None and np.isfinite(f.kneedle):
             ax.axvline(f.kneedle, color=KNEEDLE, ls="-.", lw=1, label=f"Kneedle {f.kneedle:.3g}")
         ax.set_xticks(f.levels, [f"{v:g}" for v in f.levels])
-        ax.set(xlabel=xlabel, ylabel="test accuracy (%)")
+        ax.set(xlabel=p["axis"] or xlabel, ylabel="test accuracy (%)")
         ax.set_title(p["label"], fontsize=9)
         ax.legend(fontsize=6, loc="best")
     for ax in list(axes.flat)[len(panels):]:
