@@ -85,3 +85,49 @@ def test_pareto_points_need_two_families_per_pair():
         ("adapter-r1", "adapter", True), ("lora-r2", "lora", True), ("adapter-r4", "adapter", True),
         ("lora-r8", "lora", False)]
     assert budgets.pareto_points([t for t in overview if t["method"].startswith("adapter")]) == {}
+
+
+def _family_runs(root, families=("adapter", "lora")):
+    """Adapter r1, r4 (1000 r + 200 parameters) and LoRA r1, r4 (1500 r), two seeds each (two ranks: no
+    capacity fit to wait for)."""
+    from conftest import write_fake_run
+
+    acc = {"adapter": lambda r: 60 + 3 * np.log2(r), "lora": lambda r: 62 + 2 * np.log2(r)}
+    count = {"adapter": lambda r: 1000 * r + 200, "lora": lambda r: 1500 * r}
+    for method in families:
+        for r in (1, 4):
+            for seed in (0, 1):
+                write_fake_run(root, method=method, rank=r, seed=seed,
+                               summary={"test_acc1": acc[method](r) + seed, "best_val_acc1": 50.0 + r,
+                                        "trainable_params": count[method](r), "trainable_fraction": count[method](r) / 1e5})
+    return root
+
+
+def test_report_and_paper_show_the_pareto_front_across_families_and_not_for_one(tmp_path):
+    from adaptertune.analysis import paper, report
+
+    one = _family_runs(tmp_path / "one", ("adapter",))
+    path, results = report.build(one, tmp_path / "one-report", log=lambda *a: None)
+    assert "pareto" not in results and "Pareto" not in path.read_text()
+    assert not (tmp_path / "one-report" / "pareto.png").exists()
+    written = paper.build(one, tmp_path / "one-paper", n_boot=20, log=lambda *a: None)
+    assert "pareto" not in {p.stem for p in written.tables} | {p.stem for p in written.figures}
+
+    both = _family_runs(tmp_path / "both")
+    path, results = report.build(both, tmp_path / "report", log=lambda *a: None)
+    front = {p["label"]: p["on_front"] for p in results["pareto"]}
+    # means: adapter r1/r4 60.5/66.5 at 1.2k/4.2k; LoRA 62.5/66.5 at 1.5k/6k: LoRA r4 is no better than
+    # adapter r4 with more parameters, every other one is the best at its budget
+    assert front == {"adapter-r1": True, "lora-r1": True, "adapter-r4": True, "lora-r4": False}
+    text = path.read_text()
+    assert "## Accuracy vs trainable parameters" in text and "![accuracy vs trainable parameters](pareto.png)" in text
+    assert "| lora | lora-r4 | 6k | 6.00% | 66.50 ± 0.71 |  |" in text
+    assert (tmp_path / "report" / "pareto.png").stat().st_size > 0
+    written = paper.build(both, tmp_path / "paper", n_boot=20, log=lambda *a: None)
+    assert (tmp_path / "paper" / "figures" / "pareto.pdf").read_bytes().startswith(b"%PDF")
+    table = (tmp_path / "paper" / "tables" / "pareto.tex").read_text()
+    rows = {line.split(" & ")[3]: line for line in table.splitlines() if line.startswith("cifar100 &")}
+    assert list(rows) == ["adapter-r1", "lora-r1", "adapter-r4", "lora-r4"]
+    assert rows["lora-r4"].endswith(r"& 6,000 & 6.00 & 66.50 $\pm$ 0.71 &  \\")
+    assert rows["adapter-r4"].endswith(r"& \textbf{66.50 $\pm$ 0.71} & $\bullet$ \\")
+    assert r"\input{tables/pareto}" in (tmp_path / "paper" / "main.tex").read_text()

@@ -9,7 +9,10 @@ and a `main.tex` that inputs them all.
     tables/capacity.tex    per sweep: the AICc-best model, its parameters with 95% intervals, the elbow
                            with its interval, lack of fit
     tables/claims.tex      one verdict per claim (a claims TOML file, or the default claims below)
-    figures/*.pdf          spectrum, capacity, significance, training curves
+    tables/pareto.tex      where the runs span two families or more on a pair: every configuration's family,
+                           trainable parameters and share, accuracy mean ± sd, and whether it is on the
+                           Pareto front (`budgets.pareto_points`)
+    figures/*.pdf          spectrum, capacity, significance, accuracy vs parameters (pareto), training curves
 
 Configurations, labels, rank order and the choice of rank on validation are `groups`' (one definition
 for every analysis); means and sds are `report.overview`'s. The table functions are pure (rows in,
@@ -27,11 +30,12 @@ from pathlib import Path
 from .. import runs
 from ..errors import UserError
 from . import groups
+from .budgets import pareto_points
 from .tables import latex_escape as tex
 
-TABLES = ("main", "ranks", "ablation-placement", "ablation-init", "ablation-blocks", "capacity", "claims")
+TABLES = ("main", "ranks", "pareto", "ablation-placement", "ablation-init", "ablation-blocks", "capacity", "claims")
 ABLATIONS = ("placement", "init", "blocks")
-FIGURES = ("spectrum", "capacity", "significance", "training")
+FIGURES = ("spectrum", "capacity", "significance", "pareto", "training")
 BASELINES = (("head", "Head-only"), ("full", "Full fine-tuning"))
 # Used when no claims file is given; a claim whose methods or ranks are not in the runs is left out.
 DEFAULT_CLAIMS = {"claim": [
@@ -78,7 +82,7 @@ def main_rows(overview: list[dict]) -> list[dict]:
     for pair in _pairs(overview):
         rows = [t for t in overview if (str(t["dataset"]), str(t["backbone"])) == pair]
         cells = {m: next((t for t in rows if t["method"] == m), None) for m, _ in BASELINES}
-        chosen = [t for t in rows if t["chosen"]]
+        chosen = [t for t in rows if t["chosen"] and t["method"].startswith("adapter")]
         reference = [t for t in chosen if groups.split(t["method"])[0] == "adapter"]
         cells["adapter"] = (reference or sorted(chosen, key=lambda t: -(t["val_acc1"] or 0)) or [None])[0]
         top = max((t["test_acc1"] for t in cells.values() if t), default=None)
@@ -209,6 +213,21 @@ def capacity_table(report) -> str:
                     "lack-of-fit F-test against the rank means")
 
 
+def pareto_table(points: dict) -> str:
+    """Per (dataset, backbone) of `budgets.pareto_points`: each configuration in ascending trainable
+    parameters with its family, count, share of full fine-tuning's, accuracy mean ± sd, and • when it
+    is on the Pareto front (bold accuracy)."""
+    body, blocks = [], []
+    for pair, ps in points.items():
+        for p in ps:
+            body.append([tex(p.dataset), tex(p.backbone), tex(p.family), tex(p.label), f"{p.params:,.0f}",
+                         _percent(p.fraction), cell(p.mean, p.sd, p.on_front), r"$\bullet$" if p.on_front else ""])
+            blocks.append(pair)
+    head = [r"Dataset & Backbone & Family & Configuration & Params & Train. (\%) & Acc. (\%) & Front \\"]
+    return _tabular("llllrrrc", head, body, "test top-1 mean $\\pm$ sd over seeds vs trainable parameters; "
+                    "$\\bullet$ (bold) on the Pareto front", blocks)
+
+
 def claims_table(report) -> str:
     """One row per claim of a SignificanceReport (its own booktabs rendering)."""
     return report.latex().replace("adaptertune analyze significance", "adaptertune paper", 1)
@@ -222,7 +241,11 @@ def main_tex(tables: list[str], figures: list[str], title: str = "adaptertune st
                         "permutation test, Holm); $^\\circ$: no test with this many seeds could reach $\\alpha$.",
                 "ranks": "Adapter test accuracy by rank; $^\\dagger$: chosen on validation.",
                 "capacity": "Capacity-model fits of accuracy vs rank (95\\% intervals).",
+                "pareto": "Accuracy vs trainable parameters across families; $\\bullet$: on the Pareto front (no "
+                          "configuration is at least as accurate with no more parameters).",
                 "claims": "Claims and their verdicts."}
+    figure_captions = {"pareto": "Test accuracy (mean $\\pm$ sd over seeds) vs trainable parameters, one series per "
+                                 "family; ringed and joined by the dashed staircase: the Pareto front."}
     lines = [r"\documentclass{article}", r"\usepackage[margin=2cm]{geometry}", r"\usepackage{booktabs}",
              r"\usepackage{graphicx}", r"\usepackage{amsmath}", f"\\title{{{tex(title)}}}", r"\author{}", r"\date{}",
              r"\begin{document}", r"\maketitle", ""]
@@ -232,7 +255,8 @@ def main_tex(tables: list[str], figures: list[str], title: str = "adaptertune st
                   f"\\input{{tables/{name}}}}}", f"\\caption{{{caption}}}", f"\\label{{tab:{name}}}", r"\end{table}", ""]
     for name in figures:
         lines += [r"\begin{figure}[ht]", r"\centering", f"\\includegraphics[width=\\linewidth]{{figures/{name}.pdf}}",
-                  f"\\caption{{{name.capitalize()}.}}", f"\\label{{fig:{name}}}", r"\end{figure}", ""]
+                  f"\\caption{{{figure_captions.get(name, name.capitalize() + '.')}}}", f"\\label{{fig:{name}}}",
+                  r"\end{figure}", ""]
     lines += [r"\section*{The capacity model}", r"\IfFileExists{theory.tex}{\input{theory}}{}", ""]
     return "\n".join(lines + [r"\end{document}", ""])
 
@@ -300,6 +324,10 @@ def build(runs_dir: Path, out_dir: Path, *, claims: Path | None = None, n_boot: 
             notes.append(f"significance: {e}")
             comparisons = ()
         tables["main"] = main_table(overview, comparisons)
+    points = pareto_points(overview)
+    if points:
+        tables["pareto"] = pareto_table(points)
+        figures["pareto"] = plots.pareto_figure(points)
         if rank_rows(overview):
             tables["ranks"] = rank_table(overview)
         for name, text in ablation_tables(overview, configs).items():

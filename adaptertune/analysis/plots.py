@@ -5,6 +5,7 @@ backend); `save` writes one as PNG and vector PDF. The only module that imports 
     spectrum_blocks_figure(series)    effective rank and significant directions per block
     capacity_figure(fits)             accuracy vs rank: seeds, means, fitted models, elbow with interval
     significance_figure(comparisons)  forest plot of paired differences with verdict colours
+    pareto_figure(points)             accuracy vs trainable parameters per family, the Pareto front marked
     training_curves_figure(runs)      loss and accuracy per epoch (train, val) per configuration
 
 Each colour means one thing and has a legend entry; legends name methods and ranks, not run ids.
@@ -21,6 +22,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import NullFormatter  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
 # Below this share of the top direction's energy a float32 feature shift is rounding, not signal:
@@ -287,6 +289,52 @@ def significance_figure(comparisons, level: float = 0.95, title: str | None = No
               Line2D([], [], color=VERDICT_COLORS["not significant"], marker="o", label="not significant"),
               Line2D([], [], color=_INCONCLUSIVE, marker="o", mfc="white", label="inconclusive (underpowered)")]
     ax.legend(handles=legend, fontsize=6, loc="best", framealpha=0.9)
+    return fig
+
+
+# --- accuracy vs trainable parameters ---
+
+FRONT = "k"
+
+
+def pareto_figure(points) -> Figure:
+    """Test accuracy (mean ± sd over seeds) vs trainable parameters (log axis), one panel per (dataset,
+    backbone): one series per family (its configurations joined in parameter order, one colour each, the
+    same in every panel), the Pareto front as a black staircase through its points (ringed).
+
+    points: {(dataset, backbone): [ParetoPoint]} (`budgets.pareto_points`) or a list of ParetoPoint / their
+    dicts ("dataset", "backbone", "family", "label", "params", "mean", "sd", "on_front")."""
+    from . import groups
+
+    items = [p for ps in points.values() for p in ps] if isinstance(points, dict) else list(points)
+    items = [p.to_dict() if hasattr(p, "to_dict") else p for p in items]
+    pairs = sorted({(p["dataset"], p["backbone"]) for p in items})
+    families = sorted({p["family"] for p in items}, key=groups.order)
+    color = {f: f"C{i % 10}" for i, f in enumerate(families)}
+    cols = min(3, len(pairs))
+    rows = -(-len(pairs) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
+    for ax, pair in zip(axes.flat, pairs):
+        here = sorted((p for p in items if (p["dataset"], p["backbone"]) == pair), key=lambda p: p["params"])
+        for f in families:
+            series = [p for p in here if p["family"] == f]
+            if series:
+                ax.errorbar([p["params"] for p in series], [p["mean"] for p in series],
+                            yerr=[p["sd"] or 0.0 for p in series], fmt="o-", color=color[f], ms=4, capsize=2,
+                            lw=1, label=f)
+        front = [p for p in here if p["on_front"]]
+        # the best accuracy attainable at each budget: flat from each front point to the next, then to the last point
+        ax.step([p["params"] for p in front] + [here[-1]["params"]], [p["mean"] for p in front] + [front[-1]["mean"]],
+                where="post", color=FRONT, lw=1, ls="--")
+        ax.scatter([p["params"] for p in front], [p["mean"] for p in front], s=90, facecolors="none",
+                   edgecolors=FRONT, lw=1, zorder=6, label="Pareto front")
+        ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # decades only: minor labels collide
+        ax.set(xlabel="trainable parameters", ylabel="test accuracy (%)")
+        ax.set_title(f"{pair[0]}/{pair[1]}", fontsize=9)
+        ax.legend(fontsize=6, loc="best")
+    for ax in list(axes.flat)[len(pairs):]:
+        ax.set_visible(False)
     return fig
 
 

@@ -1,8 +1,10 @@
 """`adaptertune report runs/`: one Markdown report (tables + PNG figures) from every analysis.
 
-The report is the overview of test accuracy per method and rank, then the sections that
-`spectrum`, `capacity` and `significance` write for themselves (their figures and JSON/CSV land
-in the same folder). An analysis that cannot run on these runs is named with the reason.
+The report is the overview of test accuracy per method and rank; where the runs span two families or
+more on a (dataset, backbone) pair, accuracy vs trainable parameters with the Pareto front across
+families (pareto.png/.pdf and a table, `budgets.pareto_points`); then the sections that `spectrum`,
+`capacity` and `significance` write for themselves (their figures and JSON/CSV land in the same
+folder). An analysis that cannot run on these runs is named with the reason.
 """
 
 from __future__ import annotations
@@ -16,16 +18,19 @@ import numpy as np
 from .. import runs
 from ..errors import UserError
 from . import groups
-from .tables import ANALYSIS_MODULES, markdown_table, output_folder
+from .budgets import pareto_points
+from .tables import ANALYSIS_MODULES, count, markdown_table, output_folder
 
 SECTIONS = tuple(ANALYSIS_MODULES)  # spectrum, capacity, significance
 
 
 def overview(rows: list[dict]) -> list[dict]:
     """Mean / sd / n of test accuracy and mean val accuracy per configuration (`groups`: one row per
-    dataset, backbone and config key), in `groups.order`; rows: `groups.labelled_rows(runs)`.
+    dataset, backbone and config key), with its trainable parameters and share (None where seeds
+    disagree), in `groups.order`; rows: `groups.labelled_rows(runs)`.
 
-    Each adapter sweep's rank chosen on validation (`groups.choose_rank`) has "chosen": True.
+    "rank" is the capacity level of a sweep's label (adapter, LoRA: rank; VPT: prompt tokens), else None.
+    Each sweep's rank chosen on validation (`groups.choose_rank`) has "chosen": True.
     """
     cells = defaultdict(list)
     for r in rows:
@@ -36,11 +41,13 @@ def overview(rows: list[dict]) -> list[dict]:
         acc = np.array([r["test_acc1"] for r in rs], dtype=float)
         val = [r.get("best_val_acc1") for r in rs]
         fractions = {r.get("trainable_fraction") for r in rs}
-        out.append({"dataset": dataset, "backbone": backbone, "method": rs[0]["label"], "rank": rs[0]["rank"],
+        counts = {r.get("trainable_params") for r in rs}
+        out.append({"dataset": dataset, "backbone": backbone, "method": rs[0]["label"], "rank": groups.split(rs[0]["label"])[1],
                     "key": key, "n": len(acc), "seeds": sorted(r["seed"] for r in rs if r["seed"] is not None),
                     "test_acc1": float(acc.mean()), "sd": float(acc.std(ddof=1)) if len(acc) > 1 else None,
                     "val_acc1": None if None in val else float(np.mean(val)),
-                    "trainable_fraction": fractions.pop() if len(fractions) == 1 else None, "chosen": False})
+                    "trainable_fraction": fractions.pop() if len(fractions) == 1 else None,
+                    "trainable_params": counts.pop() if len(counts) == 1 else None, "chosen": False})
     out.sort(key=lambda t: (str(t["dataset"]), str(t["backbone"]), groups.order(t["method"])))
     sweeps = defaultdict(dict)
     for t in out:
@@ -63,12 +70,30 @@ def _overview_markdown(table: list[dict]) -> str:
               f"reference protocol. * the rank chosen on validation within its sweep: {groups.TIE_RULE}.")
 
 
+def pareto_markdown(points: dict, figure: str | None = None) -> str:
+    """The Markdown section of `budgets.pareto_points`: per pair, each configuration with its family,
+    trainable parameters and share, accuracy mean ± sd, and whether it is on the front."""
+    rows = [[p.dataset, p.backbone, p.family, p.label, count(p.params),
+             "—" if p.fraction is None else f"{100 * p.fraction:.2f}%",
+             f"{p.mean:.2f}" + ("" if p.sd is None else f" ± {p.sd:.2f}"), "●" if p.on_front else ""]
+            for ps in points.values() for p in ps]
+    text = ["## Accuracy vs trainable parameters", "",
+            "Every configuration of every family (test top-1, mean ± sd over seeds) against its trainable "
+            "parameters; ● on the Pareto front: no other configuration of the pair is at least as accurate with "
+            "no more parameters (and better in one of the two).", ""]
+    text += [f"![accuracy vs trainable parameters]({figure})", ""] if figure else []
+    text.append(markdown_table(["dataset", "backbone", "family", "configuration", "params", "trainable / full",
+                                "test acc1 (%)", "front"], rows))
+    return "\n".join(text)
+
+
 def build(runs_dir: Path, out_dir: Path, *, claims: Path | None = None, title: str = "adaptertune report",
           intro: str = "", log=print) -> tuple[Path, dict]:
     """Run every analysis on `runs_dir` into `out_dir` and write `out_dir/report.md`.
 
-    Returns (report path, {"overview": [...], "spectrum": {...}, "capacity": {...}, "significance": {...}})
-    where each analysis entry is its result's to_dict(), or {"error": reason}.
+    Returns (report path, {"overview": [...], "pareto": [...] (with two families or more), "spectrum": {...},
+    "capacity": {...}, "significance": {...}}) where each analysis entry is its result's to_dict(), or
+    {"error": reason}.
     """
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     found = runs.discover(runs_dir)
@@ -80,6 +105,13 @@ def build(runs_dir: Path, out_dir: Path, *, claims: Path | None = None, title: s
     parts = [f"# {title}", intro, f"Runs: {len(found.runs)} complete from `{runs_dir}`"
              + (f"; {len(found.skipped)} skipped." if found.skipped else "."), "## Test accuracy",
              _overview_markdown(table)]
+    points = pareto_points(table)
+    if points:
+        from . import plots
+
+        figure = plots.save(plots.pareto_figure(points), out_dir / "pareto.png")
+        parts.append(pareto_markdown(points, figure.name))
+        results["pareto"] = [p.to_dict() for ps in points.values() for p in ps]
     for name in SECTIONS:
         module = importlib.import_module(f"adaptertune.analysis.{ANALYSIS_MODULES[name]}")
         options = {"claims": claims} if name == "significance" and claims else {}
