@@ -324,10 +324,10 @@ def build(runs_dir: Path, out_dir: Path, *, claims: Path | None = None, n_boot: 
             notes.append(f"significance: {e}")
             comparisons = ()
         tables["main"] = main_table(overview, comparisons)
-    points = pareto_points(overview)
-    if points:
-        tables["pareto"] = pareto_table(points)
-        figures["pareto"] = plots.pareto_figure(points)
+        points = pareto_points(overview)
+        if points:
+            tables["pareto"] = pareto_table(points)
+            figures["pareto"] = plots.pareto_figure(points)
         if rank_rows(overview):
             tables["ranks"] = rank_table(overview)
         for name, text in ablation_tables(overview, configs).items():
