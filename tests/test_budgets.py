@@ -131,3 +131,26 @@ def test_report_and_paper_show_the_pareto_front_across_families_and_not_for_one(
     assert rows["lora-r4"].endswith(r"& 6,000 & 6.00 & 66.50 $\pm$ 0.71 &  \\")
     assert rows["adapter-r4"].endswith(r"& \textbf{66.50 $\pm$ 0.71} & $\bullet$ \\")
     assert r"\input{tables/pareto}" in (tmp_path / "paper" / "main.tex").read_text()
+
+
+def test_a_claim_that_a_family_beats_another_at_matched_budgets():
+    from adaptertune.analysis.claims import evaluate_claim, parse_claims
+    from adaptertune.errors import UserError
+
+    table = table_from_rows(_rows(seeds=range(6)))   # 6 seeds: the one-sided sign-flip test can reach 1/64
+    claims = parse_claims({"claim": [{"id": "ad-lora", "kind": "better_matched", "a": "adapter", "b": "lora"},
+                                     {"id": "lora-ad", "kind": "better_matched", "a": "lora", "b": "adapter"},
+                                     {"id": "bitfit-lora", "kind": "better_matched", "a": "bitfit", "b": "lora",
+                                      "factor": 1.5}]})
+    won, lost = (evaluate_claim(c, table) for c in claims[:2])
+    # adapter-r1 vs lora-r1 (+1 point at every seed) and adapter-r8 vs lora-r4 (+2 + 0.4 s): both matches won
+    assert won.verdict == "supported" and [(m["a"], m["b"]) for m in won.details["matches"]] == [
+        ("adapter-r1", "lora-r1"), ("adapter-r8", "lora-r4")]
+    assert lost.verdict == "not supported" and "0/2 matched budgets" in lost.summary
+    with pytest.raises(UserError, match="within 1.5x"):   # bitfit (3000) and lora-r1 (1500) are 2x apart
+        evaluate_claim(claims[2], table)
+    with pytest.raises(UserError, match="family 'dora' not in the data"):
+        evaluate_claim(parse_claims({"claim": [{"id": "x", "kind": "better_matched", "a": "adapter",
+                                                "b": "dora"}]})[0], table)
+    with pytest.raises(UserError, match="factor' must be at least 1"):
+        parse_claims({"claim": [{"id": "x", "kind": "better_matched", "a": "adapter", "b": "lora", "factor": 0.5}]})

@@ -1,7 +1,7 @@
 """Claims about a study, read from a TOML file, and one verdict each from the multi-seed statistics.
 
-`load_claims` reads and validates a claims file (schema in its docstring; analysis/paper_claims.toml
-is the reference study's); `evaluate_claim` tests one claim on a `significance.Table`. A verdict is
+`load_claims` reads and validates a claims file (claim_schema.py; schema in its docstring;
+analysis/paper_claims.toml is the reference study's); `evaluate_claim` tests one claim on a `significance.Table`. A verdict is
 "supported" (the claim's test rejects its null at alpha), "not supported" (the test could have, and
 did not) or "inconclusive (underpowered)" (no data of this size could have supported it). The
 tests, all one-sided:
@@ -13,6 +13,8 @@ tests, all one-sided:
     monotone    Page's L, blocks = (pair, seed), treatments = ranks ascending; with diminishing, the
                 fall of the gain per doubling (minus its slope over the steps), blocks as the units
     elbow       the capacity analysis' 95% elbow interval is <= the rank on every pair in scope
+    better_matched  family a > family b at every matched budget in scope (budgets.py's matching rule,
+                within `factor`), each at alpha (intersection-union, as better_all)
 
 Imports no torch and no plotting.
 """
@@ -30,170 +32,11 @@ from scipy import stats
 
 from ..errors import UserError
 from .aggregates import hierarchical_bootstrap
-from .stattests import (CORRECTIONS, TEST_NAMES, TESTS, UNDERPOWERED, Comparison, adjust, best_adjusted, compare,
-                        sign_flip_test, t_pvalue)
+from .claim_schema import KINDS, Claim, load_claims, parse_claims  # noqa: F401  (re-exported)
+from .stattests import (TEST_NAMES, UNDERPOWERED, Comparison, adjust, best_adjusted, compare, sign_flip_test,
+                        t_pvalue)
 from .tidy import Table, paired_values
 from .tables import p_value
-
-KINDS = ("better_all", "mean_diff", "wins", "monotone", "elbow")
-
-
-@dataclass(frozen=True)
-class Claim:
-    """One claim of a claims file. Methods are labels ("adapter", "adapter-r16", "head", "full")."""
-    id: str
-    kind: str
-    text: str = ""
-    a: str | None = None
-    b: str | None = None
-    datasets: tuple | None = None
-    backbones: tuple | None = None
-    alpha: float | None = None
-    test: str | None = None
-    correction: str | None = None
-    at_least: float | None = None
-    at_most: float | None = None
-    k: int | None = None
-    m: int | None = None
-    ranks: tuple | None = None
-    diminishing: bool = False
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v not in (None, False, "")}
-
-
-_COMMON = {"id", "kind", "text", "alpha", "test", "correction", "datasets", "backbones"}
-_KIND_FIELDS = {  # kind -> (required, optional)
-    "better_all": ({"a", "b"}, set()),
-    "mean_diff": ({"a", "b"}, {"at_least", "at_most"}),
-    "wins": ({"a", "b", "k"}, {"m"}),
-    "monotone": (set(), {"ranks", "diminishing"}),
-    "elbow": ({"at_most"}, set()),
-}
-_TYPES = {"id": str, "kind": str, "text": str, "a": str, "b": str, "test": str, "correction": str,
-          "alpha": float, "at_least": float, "at_most": float, "k": int, "m": int, "diminishing": bool,
-          "datasets": [str], "backbones": [str], "ranks": [int]}
-_TOP = {"alpha", "test", "correction", "description", "claim"}
-
-
-def _typed(value, kind, where: str):
-    name = kind.__name__ if isinstance(kind, type) else f"a list of {kind[0].__name__}"
-    if isinstance(kind, list):
-        if not isinstance(value, list) or not value:
-            raise UserError(f"{where} must be {name}s, got {value!r}")
-        return tuple(_typed(v, kind[0], where) for v in value)
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
-        return value
-    raise UserError(f"{where} must be {'a number' if kind is float else 'an integer' if kind is int else name}, "
-                    f"got {value!r}")
-
-
-def parse_claims(doc: dict, name: str = "claims") -> list[Claim]:
-    """Validate a parsed claims document; file-level alpha/test/correction fill the claims' own."""
-    unknown = set(doc) - _TOP
-    if unknown:
-        raise UserError(f"{name}: unknown top-level key(s) {', '.join(sorted(unknown))} "
-                        f"(expected {', '.join(sorted(_TOP))})")
-    defaults = {}
-    for key in ("alpha", "test", "correction"):
-        if key in doc:
-            defaults[key] = _check_value(key, _typed(doc[key], _TYPES[key], f"{name}: {key}"), f"{name}: {key}")
-    raw = doc.get("claim")
-    if not isinstance(raw, list) or not raw or not all(isinstance(c, dict) for c in raw):
-        raise UserError(f"{name}: no claims (write each as a [[claim]] table with id and kind)")
-    claims, seen = [], set()
-    for i, c in enumerate(raw, start=1):
-        cid = c.get("id")
-        label = f"{name}: claim {cid!r}" if isinstance(cid, str) and cid else f"{name}: claim #{i}"
-        for req in ("id", "kind"):
-            if req not in c:
-                raise UserError(f"{label}: missing field '{req}'")
-        kind = _typed(c["kind"], str, f"{label}: field 'kind'")
-        if kind not in KINDS:
-            raise UserError(f"{label}: field 'kind' {kind!r} is not one of {', '.join(KINDS)}")
-        required, optional = _KIND_FIELDS[kind]
-        for key in c:
-            if key not in _COMMON | required | optional:
-                raise UserError(f"{label}: field '{key}' does not apply to kind '{kind}' "
-                                f"(allowed: {', '.join(sorted(_COMMON | required | optional))})")
-        for req in sorted(required):
-            if req not in c:
-                raise UserError(f"{label}: kind '{kind}' needs field '{req}'")
-        values = {k: _check_value(k, _typed(v, _TYPES[k], f"{label}: field '{k}'"), f"{label}: field '{k}'")
-                  for k, v in c.items()}
-        if values["id"] in seen:
-            raise UserError(f"{label}: duplicate id")
-        seen.add(values["id"])
-        claim = Claim(**{**defaults, **values})
-        _check_claim(claim, label)
-        claims.append(claim)
-    return claims
-
-
-def _check_value(key: str, v, where: str):
-    if key == "alpha" and not 0 < v < 1:
-        raise UserError(f"{where} must be in (0, 1), got {v}")
-    if key == "test" and v not in TESTS:
-        raise UserError(f"{where} {v!r} is not one of {', '.join(TESTS)}")
-    if key == "correction" and v not in CORRECTIONS:
-        raise UserError(f"{where} {v!r} is not one of {', '.join(CORRECTIONS)}")
-    if key in ("k", "m") and v < 1:
-        raise UserError(f"{where} must be at least 1, got {v}")
-    if key == "ranks":
-        if any(r < 1 for r in v) or len(set(v)) != len(v):
-            raise UserError(f"{where} must be distinct positive ranks, got {list(v)}")
-        return tuple(sorted(v))
-    if key == "id" and not v.strip():
-        raise UserError(f"{where} is empty")
-    return v
-
-
-def _check_claim(c: Claim, label: str) -> None:
-    if c.a is not None and c.a == c.b:
-        raise UserError(f"{label}: fields 'a' and 'b' name the same method {c.a!r}")
-    if c.kind == "mean_diff":
-        if c.at_least is None and c.at_most is None:
-            raise UserError(f"{label}: kind 'mean_diff' needs field 'at_least' or 'at_most'")
-        if c.at_least is not None and c.at_most is not None and c.at_least >= c.at_most:
-            raise UserError(f"{label}: field 'at_least' ({c.at_least}) must be below 'at_most' ({c.at_most})")
-    if c.kind == "wins" and c.m is not None and c.k > c.m:
-        raise UserError(f"{label}: field 'k' ({c.k}) exceeds 'm' ({c.m})")
-    if c.kind == "monotone" and c.ranks is not None and len(c.ranks) < 3:
-        raise UserError(f"{label}: field 'ranks' needs at least 3 ranks for a trend test")
-    if c.kind == "elbow" and c.at_most <= 0:
-        raise UserError(f"{label}: field 'at_most' must be a positive rank")
-
-
-def load_claims(path: Path) -> list[Claim]:
-    """Read and validate a claims TOML file. Schema (every claim may set text, alpha, test,
-    correction, datasets, backbones; file-level alpha/test/correction are defaults):
-
-        alpha = 0.05
-        [[claim]]
-        id = "adapter-beats-head"
-        kind = "better_all"            # a > b on every pair in scope (one-sided, each at alpha)
-        a = "adapter"
-        b = "head"
-        [[claim]]  kind = "mean_diff"  a, b, at_least and/or at_most   (mean over pairs of a - b)
-        [[claim]]  kind = "wins"       a, b, k, optional m             (a > b on >= k of m pairs)
-        [[claim]]  kind = "monotone"   optional ranks, diminishing     (accuracy rises with rank)
-        [[claim]]  kind = "elbow"      at_most                         (capacity elbow <= rank)
-    """
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib
-    path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise UserError(f"{path}: unreadable ({e.strerror or e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path}: not valid TOML ({e})") from None
-    return parse_claims(doc, str(path))
-
 
 @dataclass(frozen=True)
 class ClaimResult:
@@ -232,8 +75,8 @@ def _match(name: str, available: list[str], what: str, cid: str) -> str:
     return hits[0]
 
 
-def _scope(claim: Claim, table: Table, labels: list[str]) -> list[tuple[str, str]]:
-    """The (dataset, backbone) pairs a claim covers; each must have runs of every label in `labels`."""
+def _pairs(claim: Claim, table: Table) -> list[tuple[str, str]]:
+    """The (dataset, backbone) pairs named by a claim's datasets and backbones (default: all)."""
     pairs = table.pairs()
     all_d, all_b = sorted({d for d, _ in pairs}), sorted({b for _, b in pairs})
     ds = [_match(n, all_d, "dataset", claim.id) for n in claim.datasets] if claim.datasets else all_d
@@ -242,7 +85,12 @@ def _scope(claim: Claim, table: Table, labels: list[str]) -> list[tuple[str, str
         missing = [f"{d}/{b}" for d in ds for b in bs if (d, b) not in pairs]
         if missing:
             raise UserError(f"claim {claim.id!r}: pair(s) not in the data: {', '.join(missing)}")
-    scope = [p for p in pairs if p[0] in ds and p[1] in bs]
+    return [p for p in pairs if p[0] in ds and p[1] in bs]
+
+
+def _scope(claim: Claim, table: Table, labels: list[str]) -> list[tuple[str, str]]:
+    """The (dataset, backbone) pairs a claim covers; each must have runs of every label in `labels`."""
+    scope = _pairs(claim, table)
     known = table.labels()
     for lab in labels:
         if lab not in known:
@@ -275,6 +123,42 @@ def _seeds_text(comps: list[Comparison]) -> str:
 def _claim_better_all(claim: Claim, table: Table, s: _Settings, rng) -> ClaimResult:
     """Intersection-union test: a > b on every pair iff each one-sided test rejects at alpha."""
     _, comps = _pair_tests(claim, table, s, rng)
+    return _every(claim, comps, s, "pairs", lambda c: c.pair)
+
+
+def _claim_better_matched(claim: Claim, table: Table, s: _Settings, rng) -> ClaimResult:
+    """Intersection-union test over every budget match of families a and b (`budgets.matches`) on the
+    pairs in scope: a's configuration beats b's at each, one-sided at alpha."""
+    from .budgets import FACTOR, family, matches
+
+    scope = _pairs(claim, table)
+    if not scope:
+        raise UserError(f"claim {claim.id!r}: no dataset/backbone pair in scope")
+    factor = claim.factor or FACTOR
+    known = sorted({family(lab) for p in scope for lab in table.configurations(p)})
+    for name in (claim.a, claim.b):
+        if name not in known:
+            raise UserError(f"claim {claim.id!r}: family {name!r} not in the data (have: {', '.join(known)})")
+    found = []
+    for m in matches(table, factor):
+        if (m.dataset, m.backbone) in scope and {m.family_a, m.family_b} == {claim.a, claim.b}:
+            a, b = (m.a, m.b) if m.family_a == claim.a else (m.b, m.a)
+            found.append((m.dataset, m.backbone, a, b))
+    if not found:
+        raise UserError(f"claim {claim.id!r}: no configurations of {claim.a} and {claim.b} within {factor:g}x of "
+                        "each other's trainable parameters on any pair in scope")
+    comps = []
+    for d, bb, a, b in found:
+        x, y, sd, pd = paired_values(table, (d, bb), a, b, s.allow_unpaired)
+        comps.append(compare(x, y, paired=pd, alternative="greater", test=s.test, rng=rng, level=1 - s.alpha,
+                             dataset=d, backbone=bb, a=a, b=b, seeds=sd, detail=False))
+    result = _every(claim, comps, s, "matched budgets", lambda c: f"{c.pair} {c.a} vs {c.b}")
+    return replace(result, details={**result.details, "factor": factor,
+                                    "matches": [{**_brief(c), "a": c.a, "b": c.b} for c in comps]})
+
+
+def _every(claim: Claim, comps: list[Comparison], s: _Settings, what: str, name) -> ClaimResult:
+    """The verdict that a > b on every comparison (units: `what`, each named by name(comparison))."""
     m = len(comps)
     best = max(c.min_p for c in comps)
     n_pos = sum(c.mean_diff > 0 for c in comps)
@@ -282,20 +166,20 @@ def _claim_better_all(claim: Claim, table: Table, s: _Settings, rng) -> ClaimRes
     worst = max(comps, key=lambda c: c.p)
     test = f"one-sided {TEST_NAMES[s.test]}"
     n_sig_t = sum(c.p_t is not None and c.p_t <= s.alpha for c in comps)
-    head = (f"{claim.a} beat {claim.b} on {n_pos}/{m} pairs by mean "
-            f"(smallest difference {lo.mean_diff:+.2f} on {lo.pair})")
+    head = (f"{claim.a} beat {claim.b} on {n_pos}/{m} {what} by mean "
+            f"(smallest difference {lo.mean_diff:+.2f} on {name(lo)})")
     if best > s.alpha:
         v = UNDERPOWERED
         summary = (f"{head}; with {_seeds_text(comps)} the {test} cannot go below p = {p_value(best)} "
-                   f"> alpha = {s.alpha} (one-sided paired t-tests: {n_sig_t}/{m} pairs p <= alpha)")
+                   f"> alpha = {s.alpha} (one-sided paired t-tests: {n_sig_t}/{m} {what} p <= alpha)")
     elif worst.p <= s.alpha:
         v = "supported"
-        summary = f"{head}; every pair significant ({test}, largest p = {p_value(worst.p)} on {worst.pair})"
+        summary = f"{head}; significant on all {m} ({test}, largest p = {p_value(worst.p)} on {name(worst)})"
     else:
         v = "not supported"
         fails = sorted((c for c in comps if c.p > s.alpha), key=lambda c: -c.p)
-        listed = ", ".join(f"{c.pair} ({c.mean_diff:+.2f}, p = {p_value(c.p)})" for c in fails[:3])
-        summary = (f"{head}; significant ({test}) on {m - len(fails)}/{m} pairs, not on {listed}"
+        listed = ", ".join(f"{name(c)} ({c.mean_diff:+.2f}, p = {p_value(c.p)})" for c in fails[:3])
+        summary = (f"{head}; significant ({test}) on {m - len(fails)}/{m} {what}, not on {listed}"
                    + (f" and {len(fails) - 3} more" if len(fails) > 3 else ""))
     return ClaimResult(claim.id, claim.kind, v, summary, s.alpha, claim.text, {
         "a": claim.a, "b": claim.b, "test": s.test, "min_attainable_p": best, "max_p": worst.p,
@@ -469,7 +353,7 @@ def _claim_elbow(claim: Claim, table: Table, s: _Settings, rng) -> ClaimResult:
 
 
 _EVALUATE = {"better_all": _claim_better_all, "mean_diff": _claim_mean_diff, "wins": _claim_wins,
-             "monotone": _claim_monotone, "elbow": _claim_elbow}
+             "monotone": _claim_monotone, "elbow": _claim_elbow, "better_matched": _claim_better_matched}
 
 
 def evaluate_claim(claim: Claim, table: Table, *, alpha: float = 0.05, test: str = "perm",
