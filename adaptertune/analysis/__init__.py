@@ -13,6 +13,9 @@ file (the `analyze_runs` of each module, behind the command line, is what writes
     aggregate(units, names, a, b, rng=...) -> Aggregate      a vs b across (dataset, backbone) pairs (aggregates.py)
     table_from_rows(rows) / load_table(path) -> Table        the tidy table significance works on (tidy.py)
     significance(table, claims)           -> SignificanceReport   every comparison, aggregate, claim (significance.py)
+    match_budgets(params_a, params_b)     -> index pairs     configurations of two families at matched budgets (budgets.py)
+    compare_matched(table, rng=...)       -> BudgetComparisons   families compared at matched budgets
+    pareto_front(params, acc)             -> bool mask       the configurations no other beats at no more parameters
     evaluate_claim(claim, table)          -> ClaimResult     (claims.py); parse_claims / load_claims read them
     overview(rows)                        -> list of dicts   mean ± sd per configuration (report.py)
     derive()                              -> Theory          the capacity model in sympy (theory.py)
@@ -36,6 +39,7 @@ _LAZY = {
     "noise_floor": "spectrum", "shared_directions": "spectrum",
     "fit_sweep": "capacity_fit", "predict_from_spectrum": "capacity_models", "trend_tests": "capacity_trends",
     "compare": "stattests", "aggregate": "aggregates", "table_from_rows": "tidy", "load_table": "tidy", "evaluate_claim": "claims", "parse_claims": "claims", "load_claims": "claims",
+    "match_budgets": "budgets", "compare_matched": "budgets", "pareto_front": "budgets",
     "overview": "report", "derive": "theory",
 }
 __all__ = ["spectrum", "significance", *_LAZY]

@@ -36,8 +36,8 @@ from .stattests import Comparison, adjust, best_adjusted, compare, verdict
 from .tidy import paired_values
 
 FACTOR = 2.0
-RULE = ("configurations matched by trainable parameters: each the other's nearest in log scale, "
-        "within a factor of {factor:g}")
+RULE = ("configurations of two families matched by trainable parameters, each the other's nearest in "
+        "log scale and within a factor of {factor:g}")
 
 
 def family(label: str) -> str:

@@ -108,8 +108,9 @@ class SignificanceReport:
 
     def _budget_intro(self) -> str:
         b = self.budgets
-        return (f"families at matched budgets: {b.rule}; {len(b.comparisons)} comparisons, "
-                f"{self.correction}-corrected among themselves; across pairs, every match is one unit")
+        n = len(b.comparisons)
+        return (f"{b.rule}; {n} comparison{'s' * (n != 1)}, {self.correction}-corrected among themselves "
+                "(apart from the pairwise ones); across pairs, each match is one unit")
 
     def _aggregate_rows(self, aggregates=None, unit: str = "pairs") -> tuple[list[str], list[list[str]]]:
         aggregates = self.aggregates if aggregates is None else aggregates
@@ -149,7 +150,7 @@ class SignificanceReport:
         if self.aggregates:
             out += ["", "across pairs:", text_table(*self._aggregate_rows())]
         if self.budgets and self.budgets.comparisons:
-            out += ["", self._budget_intro() + ":", text_table(*self._budget_rows()), "",
+            out += ["", f"families at matched budgets ({self._budget_intro()}):", text_table(*self._budget_rows()), "",
                     "families at matched budgets, across pairs:",
                     text_table(*self._aggregate_rows(self.budgets.aggregates, "matches"))]
         for c in self.claims:
