@@ -1,10 +1,10 @@
 """Claims about a study, read from a TOML file, and one verdict each from the multi-seed statistics.
 
 `load_claims` reads and validates a claims file (claim_schema.py; schema in its docstring;
-analysis/paper_claims.toml is the reference study's); `evaluate_claim` tests one claim on a `significance.Table`. A verdict is
-"supported" (the claim's test rejects its null at alpha), "not supported" (the test could have, and
-did not) or "inconclusive (underpowered)" (no data of this size could have supported it). The
-tests, all one-sided:
+analysis/paper_claims.toml is the reference study's); `evaluate_claim` tests one claim on a
+`significance.Table`. A verdict is "supported" (the claim's test rejects its null at alpha), "not
+supported" (the test could have, and did not) or "inconclusive (underpowered)" (no data of this
+size could have supported it). The tests, all one-sided:
 
     better_all  a > b on each pair in scope, each at alpha (intersection-union: no correction needed)
     mean_diff   mean over pairs of the pair mean differences vs the bound(s), pairs as the units

@@ -179,7 +179,8 @@ def _panel(item) -> dict:
     lo, hi = float(fit.levels.min()), float(fit.levels.max())
     r = rank_grid(lo / 1.3, hi * 1.3, 200)
     axis = item.key.get("axis") if hasattr(item, "key") else None
-    return {"label": label, "fit": fit, "axis": axis, "curves": {name: (r, m.family.predict(m.theta, r)) for name, m in fit.fits.items()},
+    return {"label": label, "fit": fit, "axis": axis,
+            "curves": {name: (r, m.family.predict(m.theta, r)) for name, m in fit.fits.items()},
             "predicted": (r, pred.curve(r)) if pred else None, "predicted_elbow": pred.elbow if pred else None}
 
 

@@ -42,7 +42,8 @@ def overview(rows: list[dict]) -> list[dict]:
         val = [r.get("best_val_acc1") for r in rs]
         fractions = {r.get("trainable_fraction") for r in rs}
         counts = {r.get("trainable_params") for r in rs}
-        out.append({"dataset": dataset, "backbone": backbone, "method": rs[0]["label"], "rank": groups.split(rs[0]["label"])[1],
+        out.append({"dataset": dataset, "backbone": backbone, "method": rs[0]["label"],
+                    "rank": groups.split(rs[0]["label"])[1],
                     "key": key, "n": len(acc), "seeds": sorted(r["seed"] for r in rs if r["seed"] is not None),
                     "test_acc1": float(acc.mean()), "sd": float(acc.std(ddof=1)) if len(acc) > 1 else None,
                     "val_acc1": None if None in val else float(np.mean(val)),

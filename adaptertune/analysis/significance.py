@@ -273,9 +273,9 @@ def analyze_runs(runs_dir: Path, out_dir: Path, claims=None, *, metric: str = "t
                  latex: Path | None = None, plot: bool = True, **options) -> SignificanceReport:
     """Load the table (run folder or CSV), analyze, and write out_dir/significance.json, .csv (the
     pairwise comparisons, then those of families at matched budgets) and significance.png (forest
-    plot); with `latex`, also the LaTeX table
-    there and its claims as JSON beside it. `claims`: a TOML path or a list of Claim. `options`:
-    alpha, test, correction, methods, n_boot, seed, mixed, allow_unpaired (see `analyze`)."""
+    plot); with `latex`, also the LaTeX table there and its claims as JSON beside it. `claims`: a TOML
+    path or a list of Claim. `options`: alpha, test, correction, methods, n_boot, seed, mixed,
+    allow_unpaired, budget_factor (see `analyze`)."""
     runs_dir, out_dir = Path(runs_dir), Path(out_dir)
     table = load_table(runs_dir, metric)
     if isinstance(claims, (str, Path)):

@@ -54,9 +54,8 @@ def table_from_rows(rows: list[dict], metric: str = "test_acc1", source: Path | 
                     notes: tuple = ()) -> Table:
     """Build a Table from tidy rows (dicts with dataset, backbone, method, rank, seed, the metric and
     best_val_acc1, and optionally trainable_params and any config field, or their "label":
-    `groups.labelled_rows`). Rows
-    whose status is set and not "complete", or whose metric is missing, are left out with a note;
-    two rows for the same (dataset, backbone, label, seed) are an error."""
+    `groups.labelled_rows`). Rows whose status is set and not "complete", or whose metric is missing,
+    are left out with a note; two rows for the same (dataset, backbone, label, seed) are an error."""
     kept, dropped = [], 0
     for row in rows:
         if row.get("status") not in (None, "", "complete") or row.get(metric) in (None, ""):
@@ -87,8 +86,9 @@ def table_from_rows(rows: list[dict], metric: str = "test_acc1", source: Path | 
     params = {}
     for key, found in sorted(counts.items()):
         if len(found) > 1:  # one configuration, one count: seeds that disagree cannot be matched by budget
-            notes += (f"{'/'.join(key)}: trainable_params differ across seeds ({', '.join(f'{v:g}' for v in sorted(found))}); "
-                      "left out of the budget comparisons",)
+            seen = ", ".join(f"{v:g}" for v in sorted(found))
+            notes += (f"{'/'.join(key)}: trainable_params differ across seeds ({seen}); left out of the budget "
+                      "comparisons",)
         else:
             params[key] = found.pop()
     sweeps: dict[tuple, dict] = {}
@@ -116,8 +116,8 @@ CSV_COLUMNS = ("dataset", "backbone", "method", "rank", "seed")
 
 def read_csv(path: Path, metric: str = "test_acc1") -> list[dict]:
     """Tidy rows from a CSV with columns dataset, backbone, method, rank (empty unless adapter), seed,
-    the metric, and optionally best_val_acc1, trainable_params, status and any config field (placement, blocks, init,
-    activation, scale, lr, ...: a configuration is every such field but the seed, `groups`)."""
+    the metric, and optionally best_val_acc1, trainable_params, status and any config field (placement,
+    blocks, init, activation, scale, lr, ...: a configuration is every such field but the seed, `groups`)."""
     path = Path(path)
     try:
         with open(path, newline="") as f:
