@@ -120,14 +120,16 @@ class Context:
         torch.distributed.all_reduce(stacked)
         return tuple(stacked.unbind())
 
-    def wrap(self, forward, module: torch.nn.Module, device: torch.device):
+    def wrap(self, forward, module: torch.nn.Module, device: torch.device, compile: bool = False):
         """`forward` in one process; DDP over `module` (the model, or its head when the loop trains
-        on cached features) in several. Evaluation keeps calling the plain model (rank 0 alone)."""
+        on cached features) in several, compiled if asked. Evaluation keeps calling the plain model
+        (rank 0 alone: no collective in it)."""
         if not self.active:
             return forward
         from torch.nn.parallel import DistributedDataParallel
 
-        return DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        ddp = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+        return torch.compile(ddp) if compile else ddp
 
 
 def _silent(*args, **kwargs) -> None:

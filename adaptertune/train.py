@@ -3,6 +3,7 @@
 `train_run(config, run_dir)` writes the run directory (runs.py) and returns its summary. It
 checkpoints after every epoch and resumes from the last checkpoint; a finished run is not rerun.
 The step loop never syncs with the host except every `log_every` steps and at the end of an epoch.
+Under torchrun the run is one DDP run over the processes (the hooks are in distributed.py).
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ class Trainer:
             self.train_all, self.test = self.feature_cache(train), self.feature_cache(test)
             self.forward = self.model.head
         # The step's forward: DDP over what it calls under torchrun, else the same as evaluation's.
-        self.train_forward = self.dist.wrap(self.forward, self.model.head if self.cached else self.model, self.device)
+        self.train_forward = self.dist.wrap(self.forward, self.model.head if self.cached else self.model, self.device,
+                                            compile=config.compile and not self.cached)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
