@@ -6,7 +6,7 @@ copies go through the same sweep in lockstep. Without those variables, or with W
 here does anything: `current()` is the single process and every hook returns what it was given.
 
 What the processes share and how (train.py calls these hooks):
-  - `--batch-size` is the global batch, and the lr is scaled by it (config.py) whatever the world size.
+  - `--batch-size` is the global batch, and the lr is scaled by it (train.py) whatever the world size.
     Every rank draws the same seeded permutation of the epoch and cuts it into the same global
     batches; rank r trains on the r-th contiguous slice of each (`shard`). Each image is seen once
     per epoch: no padding, no dropping. The last, short batch is cut as evenly as it goes, and each
