@@ -136,15 +136,19 @@ def random_resized_crop_boxes(n: int, height: int, width: int, generator: torch.
 
 
 def transform(x: torch.Tensor, size: int, mean, std, train: bool, generator=None,
-              dtype: torch.dtype = torch.float32, interpolation: str = "bilinear") -> torch.Tensor:
+              dtype: torch.dtype = torch.float32, interpolation: str = "bilinear",
+              within: tuple[int, int] | None = None) -> torch.Tensor:
     """uint8 (B, 3, H, W) -> normalised (B, 3, size, size).
 
     Training: crop/flip/resize in one grid_sample with the model's `interpolation`. Evaluation:
     resize 256 / crop 224 bilinear as timm does it; a model's own is `backbones.preprocess(name).eval`.
+    `within` (start, n): `x` is rows start .. start + B of a batch of n whose boxes are drawn together
+    (a DDP process keeps its rows of the global batch's boxes: distributed.py).
     """
     if not train:
         return Preprocess(size, tuple(mean), tuple(std), EVAL_CROP).eval(x, dtype)
-    theta = random_resized_crop_boxes(len(x), x.shape[-2], x.shape[-1], generator, x.device)
+    start, n = within or (0, len(x))
+    theta = random_resized_crop_boxes(n, x.shape[-2], x.shape[-1], generator, x.device)[start:start + len(x)]
     grid = F.affine_grid(theta, [len(x), 3, size, size], align_corners=False)
     y = F.grid_sample(x.to(dtype), grid.to(dtype), mode=interpolation, padding_mode="border", align_corners=False)
     if interpolation == "bicubic":

@@ -7,7 +7,7 @@ import re
 import time
 from pathlib import Path
 
-from . import lock, progress, runs
+from . import distributed, lock, progress, runs
 from .config import METHOD_FIELDS, METHODS, Config
 from .errors import UserError
 
@@ -74,16 +74,20 @@ def run_sweep(configs: list[Config], out: Path, log=progress.echo) -> int:
     live worker holds. A diverged run is recorded and the sweep goes on; so does a run that fails
     with an unexpected error (recorded as "failed", retried by the next sweep). Everything a user
     can get wrong is checked before the first run (preflight.py). Returns 1 if any run failed.
+    Under torchrun the processes go through the sweep together, each run one DDP run (distributed.py).
     """
     from .preflight import check_sweep
 
     check_sweep(configs, Path(out))
     outcomes = []
-    show = progress.enabled(any(c.quiet for c in configs))
-    with progress.bar(len(configs), "sweep", show, unit="run", leave=True) as bar:
-        for i, config in enumerate(configs, 1):
-            outcomes.append(_run_one(config, Path(out) / config.run_id, f"[{i}/{len(configs)}] {config.run_id}", log))
-            bar.update()
+    with distributed.session(configs[0].device if configs else "auto", [c.batch_size for c in configs]) as dist:
+        log = dist.main_only(log)
+        show = progress.enabled(any(c.quiet for c in configs)) and dist.main
+        with progress.bar(len(configs), "sweep", show, unit="run", leave=True) as bar:
+            for i, config in enumerate(configs, 1):
+                outcomes.append(_run_one(config, Path(out) / config.run_id, f"[{i}/{len(configs)}] {config.run_id}",
+                                         log))
+                bar.update()
     busy = [c.run_id for c, o in zip(configs, outcomes) if o == "busy"]
     if busy:
         log(f"{len(busy)} run(s) were being trained by other workers: {', '.join(busy)}")
@@ -99,7 +103,7 @@ def _run_one(config: Config, run_dir: Path, label: str, log) -> str:
         _tidy_finished(run_dir)
         log(f"{label}: finished, skipped")
         return "skipped"
-    claim = lock.claim(run_dir)
+    claim = distributed.claim(run_dir)  # lock.claim; under torchrun rank 0's, for every rank
     if claim is None:
         who = lock.holder(run_dir) or {}
         log(f"{label}: claimed by {who.get('host', '?')}:{who.get('pid', '?')}, skipped")
@@ -118,6 +122,8 @@ def _run_one(config: Config, run_dir: Path, label: str, log) -> str:
         except (UserError, KeyboardInterrupt):
             raise
         except Exception as e:  # record it, keep the sweep going
+            if distributed.current().active:
+                raise  # the other ranks wait in a collective: end them all (torchrun does); a rerun resumes
             error = f"{e.__class__.__name__}: {e}".splitlines()[0]
             try:
                 runs.write_json(run_dir / "summary.json", {"status": "failed", "error": error})

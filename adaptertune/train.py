@@ -3,6 +3,7 @@
 `train_run(config, run_dir)` writes the run directory (runs.py) and returns its summary. It
 checkpoints after every epoch and resumes from the last checkpoint; a finished run is not rerun.
 The step loop never syncs with the host except every `log_every` steps and at the end of an epoch.
+Under torchrun the run is one DDP run over the processes (the hooks are in distributed.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import __version__, checkpoint, data, inference, progress, runs
+from . import __version__, checkpoint, data, distributed, inference, progress, runs
 from .peft_methods import disabled
 from .backbones import build_model, describe, head_names, preprocess, trainable_state
 from .config import Config
@@ -82,13 +83,15 @@ class Trainer:
 
     def __init__(self, config: Config, log=print):
         self.config, self.log = config, log
-        self.bars = progress.enabled(config.quiet)
-        self.device = resolve_device(config.device)
+        self.dist = distributed.current()  # one process, or this one's rank under torchrun
+        self.bars = progress.enabled(config.quiet) and self.dist.main
+        self.device = self.dist.device(resolve_device(config.device))
         self.precision = config.precision if config.precision != "auto" else (
             "bf16" if self.device.type == "cuda" else "fp32")
         self.pre = preprocess(config.backbone, config.image_size)  # the model's own data config
         self.size = self.pre.input_size
-        train, test = data.load(config, self.size)
+        with self.dist.main_first():  # under torchrun rank 0 fills a decode cache, the others read it
+            train, test = data.load(config, self.size)
         self.train_images, self.test_images = train.to(self.device), test.to(self.device)
         torch.manual_seed(config.seed)
         self.model, self.counts = build_model(config, train.num_classes)
@@ -109,6 +112,9 @@ class Trainer:
         if self.cached:
             self.train_all, self.test = self.feature_cache(train), self.feature_cache(test)
             self.forward = self.model.head
+        # The step's forward: DDP over what it calls under torchrun, else the same as evaluation's.
+        self.train_forward = self.dist.wrap(self.forward, self.model.head if self.cached else self.model, self.device,
+                                            compile=config.compile and not self.cached)
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
@@ -118,12 +124,13 @@ class Trainer:
         f = extract(self.model, images, np.arange(len(images)), preprocess=self.pre, device=self.device)["prelogits"]
         return data.Images(torch.from_numpy(f).to(self.device), images.labels, images.num_classes)
 
-    def inputs(self, x: torch.Tensor, train: bool, generator=None) -> torch.Tensor:
+    def inputs(self, x: torch.Tensor, train: bool, generator=None, within=None) -> torch.Tensor:
         if self.cached:
             return x
         if not (train and self.config.augment):
             return self.pre.eval(x)
-        return data.transform(x, self.size, self.mean, self.std, True, generator, interpolation=self.pre.interpolation)
+        return data.transform(x, self.size, self.mean, self.std, True, generator, interpolation=self.pre.interpolation,
+                              within=within)
 
     def train_epoch(self, idx: np.ndarray, epoch: int, step: int, total: int, warmup: int) -> dict:
         """One pass over `idx` in a seeded order; returns the epoch's mean loss/acc and speed."""
@@ -134,21 +141,23 @@ class Trainer:
         aug = torch.Generator(device=self.device).manual_seed(c.seed * 100_003 + epoch)
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device)
-        start, n_steps = time.perf_counter(), math.ceil(len(order) / c.batch_size)
+        shards = self.dist.shard(order, c.batch_size)  # (this rank's indices, first row, global size) per step
+        start, n_steps = time.perf_counter(), len(shards)
         bar = progress.bar(n_steps, f"epoch {epoch + 1}", self.bars, unit="step")
-        for i, (x, y) in enumerate(self.train_all.batches(list(order.split(c.batch_size)), self.device)):
+        for i, ((x, y), (_, first, size)) in enumerate(
+                zip(self.train_all.batches([s[0] for s in shards], self.device), shards)):
             for group in self.opt.param_groups:
                 group["lr"] = self.lr * lr_schedule(step, total, warmup) * group.get("lr_scale", 1.0)
             with self.autocast():
-                logits = self.forward(self.inputs(x, train=True, generator=aug))
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=c.label_smoothing)
+                logits = self.train_forward(self.inputs(x, train=True, generator=aug, within=(first, size)))
+                loss, batch_loss = self.dist.objective(logits.float(), y, size, c.label_smoothing)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             if c.clip_grad > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), c.clip_grad, foreach=True)
             self.opt.step()
             step += 1
-            loss_sum += loss.detach() * len(y)
+            loss_sum += batch_loss
             correct += (logits.argmax(1) == y).sum()
             bar.update()
             if c.log_every and (i + 1) % c.log_every == 0:
@@ -157,6 +166,7 @@ class Trainer:
                 else:
                     self.log(f"  step {i + 1}/{n_steps}  loss {loss.item():.4f}")
         bar.close()
+        loss_sum, correct = self.dist.all_sum(loss_sum, correct)  # over the ranks' slices
         seconds = time.perf_counter() - start
         return {"loss": loss_sum.item() / len(order), "acc1": 100 * correct.item() / len(order),
                 "lr": self.opt.param_groups[0]["lr"], "seconds": seconds, "images_per_s": len(order) / seconds,
@@ -195,58 +205,67 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
     that a kill between any two of them leaves resumable: config and split, then per epoch the
     train and val lines and the checkpoint; at the end the test line, features, adapter, summary
     (its presence marks the run finished) and last the checkpoint's removal.
+    Under torchrun (distributed.py) every rank trains; rank 0 alone evaluates and writes.
     """
     config.validate()
     run_dir = Path(run_dir)
+    dist = distributed.current()
+    log = dist.main_only(log)
     runs.check_identity(run_dir, config)
     if runs.is_finished(run_dir):
         return json.loads((run_dir / "summary.json").read_text())
     t = Trainer(config, log)
     c = config
     metrics_path, ckpt_path = run_dir / "metrics.jsonl", run_dir / checkpoint.NAME
-    run_dir.mkdir(parents=True, exist_ok=True)
-    runs.tidy(run_dir)
-    if (run_dir / "checkpoint.pt").exists():  # an old pickle checkpoint: never loaded
-        log(f"{run_dir.name}: set aside {runs.set_aside(run_dir / 'checkpoint.pt')} (pickle, not loaded)")
+    if dist.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        runs.tidy(run_dir)
+        if (run_dir / "checkpoint.pt").exists():  # an old pickle checkpoint: never loaded
+            log(f"{run_dir.name}: set aside {runs.set_aside(run_dir / 'checkpoint.pt')} (pickle, not loaded)")
 
-    # config.json + the validation split: written once, reused by a resumed run.
+    # config.json + the validation split: written once, reused by a resumed run (and by ranks > 0).
     split_path = run_dir / "split.json"
     fixed = t.train_images.source.get("val_rows")  # a dataset's own validation rows (VTAB-1k), maybe none
-    if split_path.exists():
-        split = json.loads(split_path.read_text())
-        val_idx = np.array(split["val"], dtype=np.int64)
-        train_idx = np.array(split["train"], dtype=np.int64) if "train" in split else np.setdiff1d(
-            np.arange(len(t.train_all)), val_idx)
-    else:
-        if fixed is not None:
-            val_idx = np.arange(*fixed, dtype=np.int64)
-            train_idx = np.setdiff1d(np.arange(len(t.train_all)), val_idx)
-            record = {"fixed": t.train_images.source.get("protocol")}
+    with dist.main_first():  # rank 0 writes it, the others read it
+        if split_path.exists():
+            split = json.loads(split_path.read_text())
+            val_idx = np.array(split["val"], dtype=np.int64)
+            train_idx = np.array(split["train"], dtype=np.int64) if "train" in split else np.setdiff1d(
+                np.arange(len(t.train_all)), val_idx)
         else:
-            train_idx, val_idx = data.split_indices(len(t.train_all), c.val_fraction, c.seed)
-            record = {"seed": c.seed}
-        if c.shots:  # K per class from what validation leaves, by the seed alone
-            train_idx = data.few_shot_indices(t.train_all.labels.numpy(), train_idx, c.shots, c.seed)
-        runs.write_json(split_path, {**record, "val": val_idx, **({"train": train_idx} if c.shots else {})})
+            if fixed is not None:
+                val_idx = np.arange(*fixed, dtype=np.int64)
+                train_idx = np.setdiff1d(np.arange(len(t.train_all)), val_idx)
+                record = {"fixed": t.train_images.source.get("protocol")}
+            else:
+                train_idx, val_idx = data.split_indices(len(t.train_all), c.val_fraction, c.seed)
+                record = {"seed": c.seed}
+            if c.shots:  # K per class from what validation leaves, by the seed alone
+                train_idx = data.few_shot_indices(t.train_all.labels.numpy(), train_idx, c.shots, c.seed)
+            runs.write_json(split_path, {**record, "val": val_idx, **({"train": train_idx} if c.shots else {})})
     env = environment()
-    runs.write_json(run_dir / "config.json", {**c.to_dict(), "resolved": {
-        "device": str(t.device), "precision": t.precision, "input_size": t.size, "lr": t.lr,
-        **t.backbone, "preprocess": t.pre.to_dict(), "features_precision": FEATURES_PRECISION,
-        "mean": t.mean, "std": t.std, "num_classes": t.train_all.num_classes,
-        "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(t.test),
-        "data": {"train": t.train_images.source, "test": t.test_images.source}}, "env": env})
+    if dist.main:
+        runs.write_json(run_dir / "config.json", {**c.to_dict(), "resolved": {
+            "device": str(t.device), "world_size": dist.world, "precision": t.precision, "input_size": t.size, "lr": t.lr,
+            **t.backbone, "preprocess": t.pre.to_dict(), "features_precision": FEATURES_PRECISION,
+            "mean": t.mean, "std": t.std, "num_classes": t.train_all.num_classes,
+            "n_train": len(train_idx), "n_val": len(val_idx), "n_test": len(t.test),
+            "data": {"train": t.train_images.source, "test": t.test_images.source}}, "env": env})
     feat_idx = data.feature_indices(len(t.test), c.feature_samples)
 
     steps_per_epoch = math.ceil(len(train_idx) / c.batch_size)
     total, warmup = c.epochs * steps_per_epoch, round(c.warmup_epochs * steps_per_epoch)
     epoch, step, best, best_state, train_seconds = 0, 0, -1.0, None, 0.0
-    ck = resume(t, ckpt_path, log)
+    with dist.main_first():  # rank 0 reads (or sets aside) the checkpoint, then the others read what is left
+        ck = resume(t, ckpt_path, log)
+    frozen = None  # the frozen features: rank 0's
     if ck is not None:
         epoch, step, best, best_state, frozen, train_seconds = (
             ck["epoch"], ck["step"], ck["best_val_acc1"], ck["best"], ck["frozen"], ck["train_seconds"])
-        runs.write_lines(metrics_path, epoch_lines(runs.read_lines(metrics_path), epoch))
+        if dist.main:
+            runs.write_lines(metrics_path, epoch_lines(runs.read_lines(metrics_path), epoch))
         log(f"resuming {run_dir.name} after epoch {epoch}/{c.epochs}")
-    else:
+    elif dist.main:
         runs.remove(metrics_path)
         with disabled(t.model):  # the backbone's own features, whatever the method and its init
             frozen = t.features(feat_idx)
@@ -258,12 +277,14 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
         step, epoch = tr.pop("step"), epoch + 1
         train_seconds += tr["seconds"]
         reason = diverged("training loss", tr["loss"]) or diverged_params(t.model)
-        runs.append_line(metrics_path, {"epoch": epoch, "split": "train", **tr})
         val = None
-        if reason is None and len(val_idx):
-            val = t.evaluate(t.train_all, val_idx)
-            runs.append_line(metrics_path, {"epoch": epoch, "split": "val", **val, "lr": tr["lr"]})
-            reason = diverged("validation loss", val["loss"])
+        if dist.main:
+            runs.append_line(metrics_path, {"epoch": epoch, "split": "train", **tr})
+            if reason is None and len(val_idx):
+                val = t.evaluate(t.train_all, val_idx)
+                runs.append_line(metrics_path, {"epoch": epoch, "split": "val", **val, "lr": tr["lr"]})
+                reason = diverged("validation loss", val["loss"])
+        reason = dist.from_main(reason)
         if reason is not None:
             status = "diverged"
             log(f"{run_dir.name}: {reason} at epoch {epoch}: diverged")
@@ -275,11 +296,15 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
         epochs_bar.update()
         log(f"{run_dir.name} epoch {epoch}/{c.epochs}  train loss {tr['loss']:.4f} acc {tr['acc1']:.2f}  "
             + (f"val acc {val['acc1']:.2f}  " if val else "") + f"{tr['images_per_s']:.0f} img/s")
-        checkpoint.save(ckpt_path, trainable=trainable_state(t.model), best=best_state, frozen=frozen,
-                        optimizer=t.opt.state_dict(), meta={
-                            "epoch": epoch, "step": step, "best_val_acc1": best, "train_seconds": train_seconds,
-                            "identity": c.identity()})
+        if dist.main:
+            checkpoint.save(ckpt_path, trainable=trainable_state(t.model), best=best_state, frozen=frozen,
+                            optimizer=t.opt.state_dict(), meta={
+                                "epoch": epoch, "step": step, "best_val_acc1": best, "train_seconds": train_seconds,
+                                "identity": c.identity()})
     epochs_bar.close()
+    if not dist.main:  # rank 0 tests, writes features, adapter and summary
+        dist.barrier()
+        return json.loads((run_dir / "summary.json").read_text())
 
     summary = {"status": status, **t.counts, "train_seconds": train_seconds, "epochs_done": epoch,
                "best_val_acc1": best if best >= 0 else None}
@@ -308,6 +333,7 @@ def train_run(config: Config, run_dir: Path, log=print) -> dict:
         summary["reason"] = reason
     runs.write_json(run_dir / "summary.json", summary)  # last: its presence marks the run as finished
     runs.remove(ckpt_path)
+    dist.barrier()
     return summary
 
 
