@@ -7,17 +7,15 @@ with rank while the approximation term dominates and saturates as the spectrum's
 The families (power, exp, flat, spectral) and their vectorised constrained least squares are in
 capacity_models; every point (rank, seed, accuracy) is a replicate.
 
-Intervals (95%) come from a residual bootstrap by default: the deviations of every run from the
-fitted curve (the seed replicates' scatter, pooled over ranks, rescaled by sqrt(n/(n-q)) for the q
-fitted parameters) are resampled onto the fitted curve and the model refitted; percentiles are
-expanded to Student-t width (`expanded_tail`). Why not resample seeds: with the usual 3 seeds a
-seed bootstrap has 10 distinct resamples and shrinks the variance by 2/3 - its 95% intervals
-covered the truth ~75% of the time in simulation (~90% even with 10 seeds), against ~95% for
-the residual bootstrap (tests/test_capacity.py). The price is an assumption: run-to-run noise is exchangeable across ranks
-(no seed effect shared by all ranks of a seed). `interval="seeds"` resamples whole seeds for many
-seeds and correlated noise. The best family is chosen by AICc; the elbow's interval carries the
-uncertainty of that choice (`selection_bootstrap`: the family is chosen again in every replicate,
-and how often each was chosen is reported), parameter intervals are given the family.
+Intervals (95%) come from a bootstrap (capacity_intervals): residuals by default — the deviations
+of every run from the fitted curve resampled onto it. Why not resample seeds: with the usual 3 seeds
+a seed bootstrap has 10 distinct resamples and shrinks the variance by 2/3 - its 95% intervals
+covered the truth ~75% of the time in simulation (~90% even with 10 seeds), against ~95% for the
+residual bootstrap (tests/test_capacity.py). The price is an assumption: run-to-run noise is
+exchangeable across ranks (no seed effect shared by all ranks of a seed). `interval="seeds"`
+resamples whole seeds for many seeds and correlated noise. The best family is chosen by AICc;
+parameter intervals are given the family; the elbow's interval carries the uncertainty of that
+choice (the family is chosen again in every replicate, and how often each was chosen is reported).
 
 The elbow is the smallest rank from which every further doubling is predicted to gain less than
 delta points, searched from the smallest measured rank to `horizon` x the largest (inf: not reached);
@@ -46,9 +44,9 @@ from ..runs import _plain as plain   # JSON-safe: arrays to lists, NaN/inf to No
 from .capacity_models import (_CURVE, _last_true, DELTA, FAMILIES, HORIZON, Family, SpectrumPrediction,  # noqa: F401
                               check_tail, doubling_elbow, fit_many, kneedle, kneedle_rank, make_family,  # noqa: F401
                               normalized_tail, predict_from_spectrum, rank_grid)  # noqa: F401
+from .capacity_intervals import (LEVEL, Bootstrap, _aicc, _interval, bootstrap, check_points,  # noqa: F401
+                                 expanded_tail, selection_bootstrap)
 from .capacity_trends import Trends, trend_tests  # noqa: F401
-
-LEVEL = 0.95
 ALPHA_TEST = 0.05    # significance level behind the notes
 
 
@@ -151,13 +149,6 @@ class SweepFit:
         })
 
 
-def _aicc(rss: float, n: int, q: int) -> float | None:
-    k = q + 1                                    # + the noise variance
-    if n - k - 1 <= 0:
-        return None
-    return float(n * math.log(max(rss, 1e-12) / n) + 2 * k + 2 * k * (k + 1) / (n - k - 1))
-
-
 def lack_of_fit_p(rss: float, ranks: np.ndarray, acc: np.ndarray, q: int) -> float | None:
     """Lack-of-fit F-test: p of a q-parameter curve leaving `rss` if it ran through the rank means.
 
@@ -205,125 +196,11 @@ def _loo_rmse(family: Family, ranks: np.ndarray, acc: np.ndarray) -> float | Non
     levels = np.unique(ranks)
     if levels.size < 4:
         return None
-    errors = []
-    for r in levels:
-        keep = ranks != r
-        theta, _ = fit_many(family, ranks[keep], acc[keep][None])
-        errors.append(family.predict(theta[0], np.array([r]))[0] - acc[~keep].mean())
+    out = ranks[None, :] == levels[:, None]                                   # (k, n): the rank each fit leaves out
+    theta, _ = fit_many(family, ranks, np.broadcast_to(acc, out.shape), (~out).astype(float))
+    predicted = family.predict(theta, levels)[np.arange(levels.size), np.arange(levels.size)]
+    errors = predicted - np.array([acc[o].mean() for o in out])
     return float(np.sqrt(np.mean(np.square(errors))))
-
-
-@dataclass(frozen=True, eq=False)
-class Bootstrap:
-    """A point fit and its bootstrap: theta (q,), rss, replicates boot (B, q), tail = percentile per side."""
-
-    family: Family
-    theta: np.ndarray
-    rss: float
-    boot: np.ndarray
-    tail: float
-
-    def interval(self) -> tuple[np.ndarray, np.ndarray]:
-        """(lo, hi), each (q,): the expanded percentile interval of every parameter."""
-        return (np.quantile(self.boot, self.tail, axis=0, method="lower"),
-                np.quantile(self.boot, 1 - self.tail, axis=0, method="higher"))
-
-
-def bootstrap(family: Family, ranks, seeds, acc, *, n_boot: int = 1000, interval: str = "residual",
-              rng: np.random.Generator | int | None = 0) -> Bootstrap:
-    """Fit `family` to the points ranks, seeds, acc (n,) and bootstrap it (see the module docstring).
-
-    interval "residual": the fit's residuals, rescaled by sqrt(n/(n-q)) and centred, are resampled onto
-    the fitted curve; "seeds": whole seeds are resampled (as weights on their points).
-    """
-    ranks, seeds, acc = check_points(ranks, seeds, acc)
-    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
-    n, q = acc.size, family.n_params
-    theta, rss = fit_many(family, ranks, acc[None])
-    levels = np.unique(seeds)
-    W = None
-    if interval == "seeds":
-        draws = rng.integers(0, levels.size, (n_boot, levels.size))
-        counts = (draws[:, :, None] == np.arange(levels.size)).sum(1)            # (B, S)
-        W = counts[:, np.searchsorted(levels, seeds)].astype(float)
-        Y = np.broadcast_to(acc, (n_boot, n))
-    elif interval == "residual":
-        fitted = family.predict(theta[0], ranks)
-        resid = (acc - fitted) * math.sqrt(n / max(n - q, 1))
-        Y = fitted + (resid - resid.mean())[rng.integers(0, n, (n_boot, n))]
-    else:
-        raise UserError(f"interval {interval!r}: choose residual or seeds")
-    boot, _ = fit_many(family, ranks, Y, W)
-    return Bootstrap(family, theta[0], float(rss[0]), boot, expanded_tail(interval, n, q, levels.size))
-
-
-def selection_bootstrap(boots: list[Bootstrap], weights: np.ndarray, ranks, seeds, acc, *, delta: float, lo: float,
-                        hi: float, n_boot: int, interval: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """The doubling elbow with the choice of family redone in every bootstrap replicate.
-
-    Replicates are drawn around the Akaike-weighted average of the families' fitted curves (its
-    residuals rescaled by sqrt(n/(n-q)) and resampled; "seeds": whole seeds resampled as weights), so
-    no one family is taken as the truth; in each, every family is refitted and the one with the
-    smallest AICc gives the replicate's elbow. Returns elbows (B,) and the chosen family's index (B,)
-    into `boots`. Given the family chosen once, the 95% interval covered the true elbow 74–98% of the
-    time across benchmarks/elbow_coverage.py's cells (exponential truths: 74–89%); re-selecting, 87–100%.
-    """
-    n = acc.size
-    W = None
-    if interval == "seeds":
-        levels = np.unique(seeds)
-        draws = rng.integers(0, levels.size, (n_boot, levels.size))
-        W = (draws[:, :, None] == np.arange(levels.size)).sum(1)[:, np.searchsorted(levels, seeds)].astype(float)
-        Y = np.broadcast_to(acc, (n_boot, n))
-    else:
-        fitted = sum(w * b.family.predict(b.theta, ranks) for w, b in zip(weights, boots))
-        q = max(b.family.n_params for b in boots)
-        resid = (acc - fitted) * math.sqrt(n / max(n - q, 1))
-        Y = fitted + (resid - resid.mean())[rng.integers(0, n, (n_boot, n))]
-    aicc, elbows = np.empty((len(boots), n_boot)), np.empty((len(boots), n_boot))
-    for i, b in enumerate(boots):
-        theta, rss = fit_many(b.family, ranks, Y, W)
-        aicc[i] = n * np.log(np.maximum(rss, 1e-12) / n) + _aicc(float(n), n, b.family.n_params)  # + penalty
-        elbows[i] = doubling_elbow(b.family, theta, delta, lo, hi)
-    chosen = aicc.argmin(0)
-    return elbows[chosen, np.arange(n_boot)], chosen
-
-
-def expanded_tail(interval: str, n: int, q: int, n_seeds: int, level: float = LEVEL) -> float:
-    """Tail probability per side of the percentile interval, widened for small samples.
-
-    A plain percentile interval behaves like estimate +- z * se and under-covers when se itself is
-    estimated from few residuals (about 92.5% instead of 95% at n - q = 12). As in Hesterberg's
-    expanded percentile interval, the percentiles are taken where z equals the Student quantile:
-    t(n - q) for the residual bootstrap (whose residuals are already rescaled by sqrt(n/(n-q))),
-    sqrt(S/(S-1)) * t(S - 1) for a bootstrap over S seeds.
-    """
-    upper = 0.5 + level / 2
-    if interval == "seeds":
-        z = math.sqrt(n_seeds / (n_seeds - 1)) * stats.t.ppf(upper, n_seeds - 1)
-    else:
-        z = stats.t.ppf(upper, max(n - q, 1))
-    return float(stats.norm.sf(z))
-
-
-def _interval(samples: np.ndarray, tail: float) -> tuple[float, float]:
-    """Percentiles (tail, 1 - tail) of samples (B,); NaN and inf count as beyond every finite value."""
-    s = np.sort(np.where(np.isnan(samples), np.inf, samples))
-    if s.size == 0:
-        return (math.nan, math.nan)
-    return (float(np.quantile(s, tail, method="lower")), float(np.quantile(s, 1 - tail, method="higher")))
-
-
-def check_points(ranks, seeds, acc) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Validate a sweep's points: three equal-length 1-D arrays, finite, ranks >= 1 -> (n,) each."""
-    ranks, seeds, acc = (np.asarray(v).ravel() for v in (ranks, seeds, acc))
-    if not (ranks.size == seeds.size == acc.size) or acc.size == 0:
-        raise UserError(f"ranks, seeds and accuracies must have one entry per run "
-                        f"(got {ranks.size}, {seeds.size}, {acc.size})")
-    ranks, acc = ranks.astype(float), acc.astype(float)
-    if not np.all(np.isfinite(acc)) or not np.all(np.isfinite(ranks)) or np.any(ranks < 1):
-        raise UserError("accuracies must be finite and ranks >= 1")
-    return ranks, seeds, acc
 
 
 def fit_sweep(ranks, seeds, acc, *, tail=None, families=None, delta: float = DELTA, n_boot: int = 1000,

@@ -133,9 +133,8 @@ def _moments(Z: np.ndarray, Y: np.ndarray, W: np.ndarray | None, shared: bool):
     column (k arrays), centred z_a'z_b ([k][k] arrays), z_a'y (k arrays) and y'y; the arrays have
     shape (G, m) when shared, else (m,) (or broadcast to it).
     """
-    Wt = np.ones_like(Y) if W is None else W
-    WY = Wt * Y
-    sw, sy = Wt.sum(-1), WY.sum(-1)
+    WY = Y if W is None else W * Y
+    sw, sy = (np.full(Y.shape[:-1], float(Y.shape[-1])) if W is None else W.sum(-1)), WY.sum(-1)
     my = sy / sw
     k = Z.shape[-1]
     cols = [np.ascontiguousarray(Z[..., a]) for a in range(k)]             # (G, n) or (m, n)
@@ -143,10 +142,14 @@ def _moments(Z: np.ndarray, Y: np.ndarray, W: np.ndarray | None, shared: bool):
         dot = lambda u, v: np.einsum("gn,mn->gm", u, v)   # noqa: E731  not BLAS: its threads stall on small products
     else:
         dot = lambda u, v: (u * v).sum(-1)                                   # noqa: E731  row by row
-    sz = [dot(z, Wt) for z in cols]
+    if W is None:                        # unit weights: the design's sums need no product with the responses
+        wsum = (lambda u: u.sum(-1)[:, None]) if shared else (lambda u: u.sum(-1))  # noqa: E731
+    else:
+        wsum = lambda u: dot(u, W)                                           # noqa: E731
+    sz = [wsum(z) for z in cols]
     mz = [s / sw for s in sz]
     czy = [dot(z, WY) - s * my for z, s in zip(cols, sz)]
-    czz = [[dot(cols[a] * cols[b], Wt) - sz[a] * mz[b] for b in range(k)] for a in range(k)]
+    czz = [[wsum(cols[a] * cols[b]) - sz[a] * mz[b] for b in range(k)] for a in range(k)]
     cyy = (WY * Y).sum(-1) - sy * my
     return my, mz, czz, czy, cyy
 
@@ -201,12 +204,16 @@ def fit_many(family: Family, r: np.ndarray, Y: np.ndarray, W: np.ndarray | None 
     if not family.grid.size:
         beta, rss = _lsq(family.design(r), Y, family.nonneg, W)
         return beta[0], rss[0]
-    if Y.shape[0] > _CHUNK:                                     # keep the (G, m) work arrays in cache
-        parts = [fit_many(family, r, Y[i:i + _CHUNK], None if W is None else W[i:i + _CHUNK])
-                 for i in range(0, Y.shape[0], _CHUNK)]
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    X = family.design(r, family.grid)                                        # (G, n, q), shared by every chunk
+    parts = [_fit_chunk(family, r, X, Y[i:i + _CHUNK], None if W is None else W[i:i + _CHUNK])
+             for i in range(0, max(Y.shape[0], 1), _CHUNK)]                 # keep the (G, m) work arrays in cache
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _fit_chunk(family: Family, r: np.ndarray, X: np.ndarray, Y: np.ndarray, W: np.ndarray | None):
+    """`fit_many` for up to _CHUNK responses, X the design on the family's grid."""
     grid, m = family.grid, Y.shape[0]
-    rss = _lsq(family.design(r, grid), Y, family.nonneg, W)[1]               # (G, m)
+    rss = _lsq(X, Y, family.nonneg, W)[1]                                    # (G, m)
     g = rss.argmin(0)
     i = np.clip(g, 1, grid.size - 2)
     cols = np.arange(m)
