@@ -14,8 +14,11 @@ Two nulls, and a diagnostic that says which one applies (`noise_floor`):
 - **robust**: no distributional assumption beyond a noise bulk. The shift is first *biwhitened*
   (Landa, Zhang & Kluger 2022: rows and columns rescaled, Sinkhorn-style, so every row and every
   column has the same mean square — a variance that varies by sample, by feature or both is then
-  flat; the rank of L is unchanged by the diagonal scalings) and winsorized at 4 robust standard
-  deviations. Then two tests, each valid under a different null, and the count is the smaller:
+  flat; the rank of L is unchanged by the diagonal scalings), winsorized at 4 robust standard
+  deviations and re-centered orthogonally to the row scales (centering at the inverse-variance
+  weighted means: re-centering with equal weights left a false direction along the row scales when
+  a sample's scale is heavy-tailed, `biwhiten`). Then two tests, each valid under a different null,
+  and the count is the smaller:
   * *parallel analysis* (Horn 1965; Buja & Eyuboglu 1992): each feature column is permuted
     independently, keeping every feature's marginal distribution (heavy tails included) and
     destroying what links the features; direction k+1 counts when the permutation p-value of its
@@ -300,10 +303,21 @@ def _remove_top(x: np.ndarray, k: int) -> np.ndarray:
 
 # -- the robust null: biwhitening, parallel analysis, edge spacings -----------------------------------------
 
-def biwhiten(x: np.ndarray, iters: int = 500, tol: float = 1e-8) -> np.ndarray:
+def biwhiten(x: np.ndarray, iters: int = 500, tol: float = 1e-8, center: bool = True) -> np.ndarray:
     """x (n, d) rescaled by diagonal matrices, D_r·x·D_c, so that every row's mean square and every
     column's mean square are equal (Sinkhorn iterations on x²; Landa et al. 2022), then winsorized at
-    _CLIP robust standard deviations and re-centered over rows. All-zero rows or columns stay zero."""
+    _CLIP robust standard deviations and (`center`) re-centered: each column projected off the row
+    scales D_r·1. All-zero rows or columns stay zero.
+
+    Why that centering: x was centered with equal weights, x = z − 1mᵀ, and D_r·1mᵀ is a rank-one
+    term along the row scales r = D_r·1, not along 1. Subtracting the column means again leaves
+    (I − 1·1ᵀ/n)(I − r·(1/r)ᵀ/n) applied to white noise, an oblique projection that stretches one
+    direction of the samples' space by √(mean r²·mean r⁻²); with a heavy-tailed scale per sample
+    (multivariate t3: 3 in expectation, more in a draw with one very large sample) that can pass the
+    BBP threshold 1 + √(n/d) (2 for square noise), a false direction. Projecting the columns off r removes the
+    centering term exactly and is orthogonal: it leaves white noise white, with one degree of freedom
+    fewer, as centering does (and is centering when the rows' scales are equal); equivalently, the
+    columns are centered at their inverse-variance weighted means."""
     x = np.asarray(x, dtype=np.float64)
     x = x / (np.abs(x).max() or 1.0)
     n, d = x.shape
@@ -321,7 +335,10 @@ def biwhiten(x: np.ndarray, iters: int = 500, tol: float = 1e-8) -> np.ndarray:
     y = x * np.sqrt(r)[:, None] * np.sqrt(c)[None, :]
     scale = 1.4826 * np.median(np.abs(y[y != 0])) if y.any() else 1.0
     y = np.clip(y, -_CLIP * scale, _CLIP * scale)
-    return y - y.mean(axis=0)
+    if not center:
+        return y
+    u = np.sqrt(r) / (np.linalg.norm(np.sqrt(r)) or 1.0)
+    return y - np.outer(u, u @ y)
 
 
 def robust_counts(x: np.ndarray, *, alpha: float = 0.01, n_perm: int = N_PERM, kmax: int | None = None,
