@@ -45,7 +45,7 @@ from .capacity_models import (_CURVE, _last_true, DELTA, FAMILIES, HORIZON, Fami
                               check_tail, doubling_elbow, fit_many, kneedle, kneedle_rank, make_family,  # noqa: F401
                               normalized_tail, predict_from_spectrum, rank_grid)  # noqa: F401
 from .capacity_intervals import (LEVEL, Bootstrap, _aicc, _interval, bootstrap, check_points,  # noqa: F401
-                                 expanded_tail, selection_bootstrap)
+                                 expanded_tail, selection_bootstrap)  # noqa: F401
 from .capacity_trends import Trends, trend_tests  # noqa: F401
 ALPHA_TEST = 0.05    # significance level behind the notes
 

@@ -86,20 +86,6 @@ def bootstrap(family: Family, ranks, seeds, acc, *, n_boot: int = 1000, interval
                      expanded_tail(interval, acc.size, family.n_params, np.unique(seeds).size))
 
 
-def _selected_elbows(families: list[Family], ranks, Y, W, delta: float, lo: float, hi: float):
-    """Every family fitted to every response Y (m, n) (weights W), the smallest AICc chosen per response:
-    its elbows (m,) and the chosen family's index (m,)."""
-    n = Y.shape[1] if W is None else W.sum(1)
-    aicc, elbows = np.empty((len(families), Y.shape[0])), np.empty((len(families), Y.shape[0]))
-    for i, f in enumerate(families):
-        theta, rss = fit_many(f, ranks, Y, W)
-        k = f.n_params + 1
-        aicc[i] = n * np.log(np.maximum(rss, 1e-12) / n) + 2 * k + 2 * k * (k + 1) / np.maximum(n - k - 1, 1)
-        elbows[i] = doubling_elbow(f, theta, delta, lo, hi)
-    chosen = aicc.argmin(0)
-    return elbows[chosen, np.arange(Y.shape[0])], chosen
-
-
 def selection_bootstrap(boots: list[Bootstrap], weights: np.ndarray, ranks, seeds, acc, *, delta: float, lo: float,
                         hi: float, n_boot: int, interval: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """The doubling elbow with the choice of family redone in every bootstrap replicate.
@@ -112,7 +98,14 @@ def selection_bootstrap(boots: list[Bootstrap], weights: np.ndarray, ranks, seed
     """
     fitted = sum(w * b.family.predict(b.theta, ranks) for w, b in zip(weights, boots))
     Y, W = _replicates(fitted, max(b.family.n_params for b in boots), seeds, acc, n_boot, interval, rng)
-    return _selected_elbows([b.family for b in boots], ranks, Y, W, delta, lo, hi)
+    n = acc.size
+    aicc, elbows = np.empty((len(boots), n_boot)), np.empty((len(boots), n_boot))
+    for i, b in enumerate(boots):
+        theta, rss = fit_many(b.family, ranks, Y, W)
+        aicc[i] = n * np.log(np.maximum(rss, 1e-12) / n) + _aicc(float(n), n, b.family.n_params)  # + penalty
+        elbows[i] = doubling_elbow(b.family, theta, delta, lo, hi)
+    chosen = aicc.argmin(0)
+    return elbows[chosen, np.arange(n_boot)], chosen
 
 
 def expanded_tail(interval: str, n: int, q: int, n_seeds: int, level: float = LEVEL) -> float:
