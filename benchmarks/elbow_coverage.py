@@ -100,8 +100,8 @@ def main(argv=None) -> int:
                              f"{100 * c['right']:.0f}%", f"{c['width']:.2f}", "yes" if hit else "NO"])
                 print(" | ".join(rows[-1]), flush=True)
     print()
-    print(text_table(["seeds", "truth", "true elbow", "coverage", "missed low", "missed high", "fixed family", "right family", "width (doublings)",
-                      "95±3%"], rows))
+    print(text_table(["seeds", "truth", "true elbow", "coverage", "missed low", "missed high", "fixed family",
+                      "right family", "width (doublings)", "95±3%"], rows))
     print(f"{args.reps} sweeps per cell, {args.boot} bootstrap replicates each, ranks 1..64; "
           f"binomial sd of a 95% coverage over {args.reps} sweeps: "
           f"{100 * math.sqrt(0.95 * 0.05 / args.reps):.1f} points; {time.perf_counter() - start:.0f} s")

@@ -314,10 +314,10 @@ def biwhiten(x: np.ndarray, iters: int = 500, tol: float = 1e-8, center: bool = 
     (I − 1·1ᵀ/n)(I − r·(1/r)ᵀ/n) applied to white noise, an oblique projection that stretches one
     direction of the samples' space by √(mean r²·mean r⁻²); with a heavy-tailed scale per sample
     (multivariate t3: 3 in expectation, more in a draw with one very large sample) that can pass the
-    BBP threshold 1 + √(n/d) (2 for square noise), a false direction. Projecting the columns off r removes the
-    centering term exactly and is orthogonal: it leaves white noise white, with one degree of freedom
-    fewer, as centering does (and is centering when the rows' scales are equal); equivalently, the
-    columns are centered at their inverse-variance weighted means."""
+    BBP threshold 1 + √(n/d) (2 for square noise), a false direction. Projecting the columns off r
+    removes the centering term exactly and is orthogonal: it leaves white noise white, with one degree
+    of freedom fewer, as centering does (and is centering when the rows' scales are equal);
+    equivalently, the columns are centered at their inverse-variance weighted means."""
     x = np.asarray(x, dtype=np.float64)
     x = x / (np.abs(x).max() or 1.0)
     n, d = x.shape
