@@ -1,23 +1,36 @@
 """Does the demo's pipeline find a planted rank? The offline study run on planted tasks with known k*.
 
-For each k* (default 2, 4, 8) this trains the demo's sweep on the planted task with that k*
-(`adaptertune.demo.plan_runs`: ranks 1..32 x seeds 0..2, head-only and full fine-tuning, the demo's
-settings) through `sweep.run_sweep`, then runs the analyses the demo runs and prints one row per k*:
+For each backbone (`--backbones`, default vit_nano), student blocks (`--blocks`, default last:1: the
+teacher's adapter sits after the last block; `all`: the protocol's default) and k* (`--ranks`, default
+2, 4, 8, 16) this trains the demo's sweep (`adaptertune.demo.plan_runs`: ranks 1..32 x seeds 0..2,
+head-only and full fine-tuning, the demo's settings; `plan` changes the backbone and blocks, adds
+ranks up to 4k* or the backbone's width, and gives k* >= 10 20 classes) through `sweep.run_sweep`,
+then runs the analyses the demo runs and prints one row per (backbone, blocks, k*):
 
-- the elbow of the capacity fit (`analysis.capacity.analyze_runs`) with its 95% interval, the
-  elbow predicted from the feature shift's spectrum, and the same doubling rule on the measured
-  means (no fitted curve);
+- the elbow of the capacity fit (`analysis.capacity.analyze_runs`) with its 95% interval, and the
+  same doubling rule on the measured means (no fitted curve): the measured elbow;
+- the elbow the spectral model predicts (`capacity_models.predict_from_spectrum`) from the tail
+  energy of the full fine-tuning runs' shift (what `analyze capacity` uses) and of the highest-rank
+  adapters' shift;
+- the one-run rank recommendation (`analysis.recommend`) from each seed's highest-rank adapter run
+  and its gain over the same seed's head-only run, with its bootstrap interval; beside it the older
+  rule (the fewest directions holding 95% of the above-noise energy);
 - the spectrum of the highest-rank adapter runs' feature shift (`analysis.spectrum_runs.analyze_runs`):
   the directions the seeds share (significantly; `spectrum.shared_directions`), and the directions
   holding 95% of its energy (median over seeds);
 - head-only vs the adapter rank chosen on validation: `analysis.significance.compare`, one-sided,
   paired over seeds, exact sign-flip and t-test;
-- whether the elbow and the shared directions land within one doubling of k* (k*/2 <= x <= 2k*).
+- whether each lands within one doubling of k* (k*/2 <= x <= 2k*) and of the measured elbow.
 
-Runs are resumable (finished runs are skipped), so a rerun only re-analyses. About 6-7 minutes per
-k* on two idle CPU cores (358-401 s measured). Usage:
+Runs are resumable (finished runs are skipped), so a rerun only re-analyses; head-only and full runs,
+which do not depend on the blocks, are copied from another blocks' sweep of the same backbone and k*.
+Rows land in OUT/planted_validation.json, merged with the rows of earlier calls (one per backbone,
+blocks and k*), and the table prints them all. About 6-7 minutes per vit_nano last:1 sweep on two
+idle CPU cores (358-401 s measured); every-block students take about twice as long per run, vit_micro
+about five times (measured on the quick settings). Usage:
 
-    python benchmarks/planted_validation.py [--out DIR] [--ranks 2,4,8] [--quick]
+    python benchmarks/planted_validation.py [--out DIR] [--ranks 2,4,8,16] [--backbones vit_nano,vit_micro]
+        [--blocks last:1,all] [--rank-factor F] [--lr LR] [--epochs E] [--quick]
 """
 
 from __future__ import annotations
@@ -26,6 +39,7 @@ import argparse
 import dataclasses
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -41,12 +55,13 @@ from adaptertune.runs import discover
 from adaptertune.sweep import run_sweep
 
 
-def sweep_ranks(k: int, width: int) -> list[int]:
+def sweep_ranks(k: int, width: int, factor: int | None = None) -> list[int]:
     """The demo's ranks (1..32), doubled on until they reach 4k* or the backbone's width (an adapter's rank
     cannot pass it; the width itself is then the last rank): the means' elbow is found one measured step
-    below the highest rank at best, and it sits near 2k*."""
-    ranks = list(FULL["ranks"])
-    while ranks[-1] < min(4 * k, width):
+    below the highest rank at best, and it sits near 2k*. With `factor`, the doublings from 1 to factor·k*
+    only (a cheaper sweep)."""
+    ranks = list(FULL["ranks"]) if factor is None else [1]
+    while ranks[-1] < min(4 * k if factor is None else factor * k, width):
         ranks.append(min(2 * ranks[-1], width))
     return ranks
 
@@ -58,16 +73,17 @@ def num_classes(k: int) -> int:
 
 
 def plan(k: int, backbone: str = "vit_nano", blocks: str = "last:1", quick: bool = False,
-         lr: float | None = None, epochs: int | None = None) -> list:
+         lr: float | None = None, epochs: int | None = None, factor: int | None = None) -> list:
     """The demo's sweep (`demo.plan_runs`) for planted rank k, with the given backbone and student blocks,
     the ranks of `sweep_ranks` and the classes of `num_classes`; `lr`/`epochs` override the demo's for
     the head and adapter runs (full fine-tuning keeps the demo's own lr)."""
     configs = plan_runs(k, quick)
     adapter = next(c for c in configs if c.method == "adapter")
     seeds = sorted({c.seed for c in configs})
+    ranks = sweep_ranks(k, TINY[backbone]["embed_dim"], factor)
+    configs = [c for c in configs if c.method != "adapter" or quick or c.rank in ranks]
     have = {c.rank for c in configs if c.method == "adapter"}
-    extra = [] if quick else [dataclasses.replace(adapter, rank=r, seed=s)
-                              for r in sweep_ranks(k, TINY[backbone]["embed_dim"]) if r not in have for s in seeds]
+    extra = [] if quick else [dataclasses.replace(adapter, rank=r, seed=s) for r in ranks if r not in have for s in seeds]
     changes = dict(backbone=backbone, blocks=blocks, num_classes=max(adapter.num_classes, num_classes(k)))
     if epochs is not None:
         changes["epochs"] = epochs
@@ -83,14 +99,30 @@ def sweep_dir(out: Path, backbone: str, blocks: str, k: int) -> Path:
     return out / f"{backbone}-{blocks.replace(':', '')}" / f"k{k}"
 
 
+def reuse_baselines(configs: list, runs_dir: Path, out: Path) -> list[str]:
+    """Copy into `runs_dir` the finished head-only and full runs of `configs` that another sweep under `out`
+    already trained: they do not depend on the students' blocks (the same run id), so the block variants
+    of one (backbone, k*) share them. Returns the run ids copied."""
+    copied = []
+    for c in configs:
+        if c.method in ("head", "full") and not (runs_dir / c.run_id).exists():
+            for other in sorted(out.glob(f"*/k*/runs/{c.run_id}")):
+                if json.loads((other / "summary.json").read_text()).get("status") == "complete":
+                    shutil.copytree(other, runs_dir / c.run_id)
+                    copied.append(c.run_id)
+                    break
+    return copied
+
+
 def validate(k: int, out: Path, backbone: str = "vit_nano", blocks: str = "last:1", quick: bool = False,
-             lr: float | None = None, epochs: int | None = None, log=print) -> dict:
+             lr: float | None = None, epochs: int | None = None, factor: int | None = None, log=print) -> dict:
     """Train (or resume) the sweep of `plan` for planted rank k under `sweep_dir` and analyse it."""
     root = sweep_dir(out, backbone, blocks, k)
     runs_dir, analysis_dir = root / "runs", root / "analysis"
+    configs = plan(k, backbone, blocks, quick, lr, epochs, factor)
+    reused = reuse_baselines(configs, runs_dir, out)
     start = time.perf_counter()
-    status = run_sweep(plan(k, backbone, blocks, quick, lr, epochs), runs_dir,
-                       log=lambda line: log(line) if "complete" in line else None)
+    status = run_sweep(configs, runs_dir, log=lambda line: log(line) if "complete" in line else None)
     seconds = time.perf_counter() - start
 
     cap = capacity.analyze_runs(runs_dir, analysis_dir, plot=False)
@@ -115,8 +147,8 @@ def validate(k: int, out: Path, backbone: str = "vit_nano", blocks: str = "last:
     measured = fit.elbow_means if math.isfinite(fit.elbow_means) else None
     measured_ci = [v if math.isfinite(v) else None for v in fit.elbow_means_ci]
     return {
-        "k": k, "backbone": backbone, "blocks": blocks, "lr": lr, "epochs": epochs,
-        "status": status, "sweep_seconds": seconds,
+        "k": k, "backbone": backbone, "blocks": blocks, "lr": lr, "epochs": epochs, "factor": factor,
+        "status": status, "sweep_seconds": seconds, "reused": reused,
         "means": means, "best_model": fit.best.name,
         "elbow": fit.elbow, "elbow_ci": list(fit.elbow_ci), "lack_of_fit_p": fit.best.lack_of_fit_p,
         "predicted_elbow": pred.elbow if pred else None, "predicted_source": pred.source if pred else None,
@@ -207,7 +239,6 @@ def table(rows: list[dict]) -> str:
     means = ["accuracy by rank (mean of seeds): " + "; ".join(
         f"{r['backbone']} {r['blocks']} k*={r['k']}: " + " ".join(f"r{rank} {acc:.1f}" for rank, acc in r["means"].items())
         for r in rows)]
-    settings = sorted({(r["lr"], r["epochs"]) for r in rows} - {(None, None)}, key=str)
     notes = ["elbow: smallest rank from which every doubling gains < 0.5 points (capacity fit, best by AICc; "
              "p lof: its lack-of-fit test against the rank means); measured: the same rule on the measured means "
              "(no fit; interval: each rank's runs resampled); ok: within one doubling of k* (k*/2 <= x <= 2k*)",
@@ -224,9 +255,18 @@ def table(rows: list[dict]) -> str:
              "cannot go below its min p with 3 seeds, so the verdict uses the t-test",
              "the demo's settings (demo.DEMO) unless noted; ranks 1..32, doubled on to 4k* or the backbone's width; "
              "k* >= 10 has 20 classes (the teacher needs k* < classes)"]
-    notes += [f"{r['backbone']} {r['blocks']} k*={r['k']}: lr {r['lr'] if r['lr'] is not None else 'demo'}, "
-              f"epochs {r['epochs'] if r['epochs'] is not None else 'demo'} (head and adapters)"
-              for r in rows if (r["lr"], r["epochs"]) != (None, None)] if settings else []
+    for r in rows:
+        changed = []
+        if r.get("lr") is not None:
+            changed.append(f"lr {r['lr']:g} (head, adapters)")
+        if r.get("epochs") is not None:
+            changed.append(f"{r['epochs']} epochs")
+        if r.get("factor") is not None:
+            changed.append(f"ranks 1..{r['factor']}k* only")
+        if r.get("reused"):
+            changed.append("head and full runs shared with the last:1 sweep (they do not depend on the blocks)")
+        if changed:
+            notes.append(f"{r['backbone']} {r['blocks']} k*={r['k']}: " + ", ".join(changed))
     return "\n".join(out + means + notes)
 
 
@@ -238,6 +278,8 @@ def main(argv=None) -> int:
     p.add_argument("--blocks", default="last:1", help="the students' adapted blocks, comma-separated (last:1, all, ...)")
     p.add_argument("--lr", type=float, help="learning rate of the head and adapter runs (default: the demo's)")
     p.add_argument("--epochs", type=int, help="epochs of every run (default: the demo's)")
+    p.add_argument("--rank-factor", type=int, help="ranks 1, 2, 4, ... up to this multiple of k* only (default: the "
+                   "demo's 1..32, doubled on to 4k*)")
     p.add_argument("--quick", action="store_true", help="the demo's quick settings (a smoke test, not a validation)")
     args = p.parse_args(argv)
     rows = []
@@ -248,14 +290,22 @@ def main(argv=None) -> int:
             for k in (int(v) for v in args.ranks.split(",")):
                 where = sweep_dir(args.out, backbone, blocks, k)
                 print(f"planted k* = {k}, {backbone}, blocks {blocks}: training into {where}", flush=True)
-                rows.append(validate(k, args.out, backbone, blocks, args.quick, args.lr, args.epochs))
+                rows.append(validate(k, args.out, backbone, blocks, args.quick, args.lr, args.epochs, args.rank_factor))
                 print(f"  sweep {rows[-1]['sweep_seconds']:.0f}s, measured elbow {_f(rows[-1]['measured_elbow'], 'g')}, "
                       f"recommended {rows[-1]['recommended']:g}", flush=True)
+    path = args.out / "planted_validation.json"
+    rows = merged(json.loads(path.read_text()) if path.exists() else [], rows)
     print()
     print(table(rows))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "planted_validation.json").write_text(json.dumps(rows, indent=1, default=float))
+    path.write_text(json.dumps(rows, indent=1, default=float))
     return 0
+
+
+def merged(old: list[dict], new: list[dict]) -> list[dict]:
+    """The rows of `old` (an earlier run's JSON) that `new` does not redo, with `new`'s, in table order."""
+    key = lambda r: (r["backbone"], r["blocks"], r["k"])  # noqa: E731
+    redone = {key(r) for r in new}
+    return sorted([r for r in old if "backbone" in r and key(r) not in redone] + new, key=key)
 
 
 if __name__ == "__main__":
