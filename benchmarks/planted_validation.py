@@ -270,6 +270,30 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out + means + notes)
 
 
+def markdown(rows: list[dict]) -> str:
+    """The table's main columns as Markdown (the README's)."""
+    head = ["backbone, blocks", "k*", "elbow on the means [95% CI]", "elbow (fit) [95% CI], model",
+            "predicted: full FT / adapter tail", "recommended, per seed [CI]", "95% energy", "shared",
+            "adapter (rank on val) vs head-only"]
+    lines = ["| " + " | ".join(head) + " |", "|---|---:|---|---|---|---|---:|---:|---|"]
+    for r in rows:
+        lo, hi = r["elbow_ci"]
+        hi = _f(hi) if hi is not None and math.isfinite(hi) else "beyond the search"
+        measured = ", ".join(_f(v, ".0f") if v else "beyond" for v in r["measured_ci"])
+        seeds = "/".join(str(v["recommended_rank"]) for v in r["recommendations"])
+        mark = lambda ok: "" if ok else " (✗)"  # noqa: E731
+        lines.append("| " + " | ".join([
+            f"{r['backbone']}, {r['blocks']}", str(r["k"]), f"{_f(r['measured_elbow'], '.0f')} [{measured}]",
+            f"{_f(r['elbow'])} [{_f(lo)}, {hi}], {r['best_model']}",
+            f"{_f(r['predicted_elbow'])}{mark(r['predicted_vs_measured_ok'])} / "
+            f"{_f(r['predicted_adapter_elbow'])}{mark(r['predicted_adapter_vs_measured_ok'])}",
+            f"{r['recommended']:g}{mark(r['recommended_vs_measured_ok'])}, {seeds} "
+            f"[{r['recommended_ci'][0]}, {r['recommended_ci'][1]}]",
+            f"{r['recommended_energy']:g}{mark(r['recommended_energy_vs_measured_ok'])}", str(r["shared"]),
+            f"{r['adapter_acc']:.2f} (r{r['chosen_rank']}) vs {r['head_acc']:.2f} (p = {r['p_t']:.2g})"]) + " |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("/tmp/adaptertune-planted-validation"))
@@ -297,6 +321,8 @@ def main(argv=None) -> int:
     rows = merged(json.loads(path.read_text()) if path.exists() else [], rows)
     print()
     print(table(rows))
+    print()
+    print(markdown(rows))
     path.write_text(json.dumps(rows, indent=1, default=float))
     return 0
 
@@ -305,7 +331,8 @@ def merged(old: list[dict], new: list[dict]) -> list[dict]:
     """The rows of `old` (an earlier run's JSON) that `new` does not redo, with `new`'s, in table order."""
     key = lambda r: (r["backbone"], r["blocks"], r["k"])  # noqa: E731
     redone = {key(r) for r in new}
-    return sorted([r for r in old if "backbone" in r and key(r) not in redone] + new, key=key)
+    order = lambda r: (r["backbone"] != "vit_nano", r["backbone"], r["blocks"] != "last:1", r["blocks"], r["k"])  # noqa: E731
+    return sorted([r for r in old if "backbone" in r and key(r) not in redone] + new, key=order)
 
 
 if __name__ == "__main__":
