@@ -46,8 +46,8 @@ from pathlib import Path
 import numpy as np
 
 from adaptertune.analysis import capacity, capacity_models, recommend, significance, spectrum_runs
-from adaptertune.analysis.spectrum import spectrum
 from adaptertune.analysis.capacity_fit import p_text
+from adaptertune.analysis.spectrum import spectrum
 from adaptertune.analysis.tables import text_table
 from adaptertune.backbones import TINY
 from adaptertune.demo import FULL, plan_runs
@@ -99,17 +99,23 @@ def sweep_dir(out: Path, backbone: str, blocks: str, k: int) -> Path:
     return out / f"{backbone}-{blocks.replace(':', '')}" / f"k{k}"
 
 
+SHARED = "shared_baselines.json"  # in a sweep's folder: the head-only and full runs copied from another sweep
+
+
 def reuse_baselines(configs: list, runs_dir: Path, out: Path) -> list[str]:
     """Copy into `runs_dir` the finished head-only and full runs of `configs` that another sweep under `out`
     already trained: they do not depend on the students' blocks (the same run id), so the block variants
-    of one (backbone, k*) share them. Returns the run ids copied."""
-    copied = []
+    of one (backbone, k*) share them. Returns the run ids copied, now or by an earlier call (SHARED lists them)."""
+    record = runs_dir.parent / SHARED
+    copied = json.loads(record.read_text()) if record.exists() else []
     for c in configs:
         if c.method in ("head", "full") and not (runs_dir / c.run_id).exists():
             for other in sorted(out.glob(f"*/k*/runs/{c.run_id}")):
-                if json.loads((other / "summary.json").read_text()).get("status") == "complete":
+                summary = other / "summary.json"
+                if summary.exists() and json.loads(summary.read_text()).get("status") == "complete":
                     shutil.copytree(other, runs_dir / c.run_id)
                     copied.append(c.run_id)
+                    record.write_text(json.dumps(copied))
                     break
     return copied
 

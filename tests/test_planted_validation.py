@@ -41,4 +41,4 @@ def test_block_variants_share_the_finished_head_and_full_runs(tmp_path):
     target = pv.sweep_dir(tmp_path, "vit_nano", "all", 4) / "runs"
     copied = pv.reuse_baselines(every, target, tmp_path)
     assert sorted(copied) == sorted(baselines)[1:] and all((target / r / "summary.json").exists() for r in copied)
-    assert pv.reuse_baselines(every, target, tmp_path) == []                         # nothing twice
+    assert pv.reuse_baselines(every, target, tmp_path) == copied                     # nothing twice, still named

@@ -333,9 +333,9 @@ def sweep_recommendations(found, *, alpha: float = 0.01, energy_target: float = 
     from .capacity import _columns, collect, group_label
     from .capacity_fit import DELTA, means_elbow
 
-    groups_, _, _ = collect(found)
+    groups, _, _ = collect(found)
     out = []
-    for key, members in groups_.items():
+    for key, members in groups.items():
         top = max(m[0] for m in members)
         runs = sorted((m for m in members if m[0] == top and (m[3].path / "features.safetensors").exists()),
                       key=lambda m: m[1])
