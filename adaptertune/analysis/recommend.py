@@ -1,15 +1,23 @@
 """A rank recommendation from one run's spectrum, with an interval, beside the sweep's measured elbow.
 
 `recommend(frozen, adapted)`: the shift Δ = adapted − frozen of one high-rank run has `significant`
-directions above its noise floor (`noise.noise_floor`, which picks the null that applies); the
-recommended rank is the fewest of them holding `energy_target` of their de-biased (above-noise)
-energy (`Spectrum.recommended_rank`). Its interval resamples the samples (rows of Δ) with
-replacement, recomputes the singular values and the same share with the count held fixed, and takes
-the 2.5/97.5% percentiles. The capacity model's doubling elbow (the rank from which a doubling gains
-less than δ points) is what the recommendation estimates when accuracy follows the captured energy:
-`spectrum_runs.sweep_recommendations` puts both side by side for every sweep with a measured accuracy per rank, so a
-user sees whether one run would have told them the rank the whole sweep found (within one doubling:
-elbow/2 ≤ rank ≤ 2·elbow).
+directions above its noise floor (`noise.noise_floor`, which picks the null that applies), with
+de-biased (above-noise) energies. Two rules pick the rank from them:
+
+- `gain` known (the run's accuracy minus head-only's, in points): the sweep's own elbow rule on the
+  spectral capacity model acc(r) = A − gain·T(r), T(r) the share of that energy beyond the top r
+  directions and head-only as rank 0 (`doubling_rank`): the smallest rank from which every doubling
+  gains less than `delta` points. It is the elbow the sweep measures when a rank-r adapter captures
+  the top r directions of the shift, from one run and the head-only baseline (a linear probe on the
+  frozen features);
+- else the fewest directions holding `energy_target` of that energy (`Spectrum.recommended_rank`),
+  which ignores how much accuracy the remaining share is worth.
+
+The interval resamples the samples (rows of Δ) with replacement, recomputes the singular values and
+the same rule with the count held fixed, and takes the 2.5/97.5% percentiles.
+`spectrum_runs.sweep_recommendations` puts the recommendation beside the measured elbow for every
+sweep with a measured accuracy per rank, so a user sees whether one run would have told them the
+rank the whole sweep found (within one doubling: elbow/2 ≤ rank ≤ 2·elbow).
 """
 
 from __future__ import annotations
@@ -19,35 +27,65 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import UserError
+from .capacity_models import DELTA
 from .noise import _noise_variance
 
 
 @dataclass(frozen=True)
 class Recommendation:
     """rank: recommended rank; interval: (lo, hi) 95% bootstrap interval; significant: directions above noise;
-    null: the noise null used; boot: bootstrap replicates."""
+    null: the noise null used; boot: bootstrap replicates; rule: "doubling" (from the accuracy gain) or "energy"."""
 
     rank: int
     interval: tuple[int, int]
     significant: int
     null: str
     boot: int
+    rule: str = "energy"
 
     def to_dict(self) -> dict:
         return {"recommended_rank": self.rank, "recommended_ci": list(self.interval), "significant": self.significant,
-                "noise_null": self.null, "recommended_boot": self.boot}
+                "noise_null": self.null, "recommended_boot": self.boot, "recommended_rule": self.rule}
+
+
+def doubling_rank(energy, gain: float, delta: float = DELTA) -> int:
+    """The smallest rank r >= 1 from which every doubling gains less than `delta` points when accuracy is
+    acc(r) = A − gain·T(r): gain·(E(min(2r', m)) − E(r')) < delta for every r' >= r, E(r) the share of
+    `energy` (m,) (non-negative, any order: sorted descending here) in its top r directions.
+    0 when `energy` is empty or all zero. Ranks past the spectrum gain nothing."""
+    e = np.sort(np.asarray(energy, float).ravel())[::-1]
+    if np.any(e < 0) or not np.all(np.isfinite(e)) or not math.isfinite(gain):
+        raise UserError("doubling_rank needs finite non-negative energies and a finite gain")
+    if e.size == 0 or not e.sum() > 0:
+        return 0
+    share = np.concatenate([[0.0], np.cumsum(e) / e.sum()])
+    r = np.arange(1, e.size + 1)
+    big = np.nonzero(gain * (share[np.minimum(2 * r, e.size)] - share[r]) >= delta)[0]
+    return int(r[big[-1]] + 1) if big.size else 1
 
 
 def recommend(frozen, adapted=None, *, alpha: float = 0.01, energy_target: float = 0.95, n_boot: int = 50,
-              rng: np.random.Generator | int | None = 0, center: bool = True) -> Recommendation:
-    """The recommended rank of the shift adapted − frozen ((n, d) each; or one shift matrix) with its interval."""
+              rng: np.random.Generator | int | None = 0, center: bool = True, gain: float | None = None,
+              delta: float = DELTA) -> Recommendation:
+    """The recommended rank of the shift adapted − frozen ((n, d) each; or one shift matrix) with its interval.
+
+    gain: the run's accuracy minus head-only's (points); with it the rank follows `doubling_rank` at `delta`,
+    without it the `energy_target` share."""
     from .spectrum import _sample_rows, _shift_matrix, spectrum
 
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     spec = spectrum(frozen, adapted, alpha=alpha, energy_target=energy_target, center=center)
-    k = spec.significant
+    k, rule = spec.significant, "energy" if gain is None else "doubling"
     if k == 0:
-        return Recommendation(0, (0, 0), 0, spec.noise.null, 0)
+        return Recommendation(0, (0, 0), 0, spec.noise.null, 0, rule)
+
+    def pick(signal_energy: np.ndarray) -> int:
+        if gain is not None:
+            return doubling_rank(signal_energy, gain, delta)
+        total = np.cumsum(signal_energy)
+        return int(np.searchsorted(total / total[-1], energy_target - 1e-12)) + 1 if total[-1] > 0 else 0
+
     x = _sample_rows(*_shift_matrix(frozen, adapted), center=False)
     n, d = x.shape
     big, small = max(n - 1, d), min(n - 1, d)
@@ -57,10 +95,11 @@ def recommend(frozen, adapted=None, *, alpha: float = 0.01, energy_target: float
         rows = rows - rows.mean(axis=0) if center else rows
         lam = np.linalg.svd(rows, compute_uv=False) ** 2
         lam = lam / lam[0] if lam[0] > 0 else lam
-        energy = np.cumsum(_noise_variance(lam, k, big, small)[1])
-        ranks.append(int(np.searchsorted(energy / energy[-1], energy_target - 1e-12)) + 1 if energy[-1] > 0 else 0)
+        ranks.append(pick(_noise_variance(lam, k, big, small)[1]))
     lo, hi = np.quantile(ranks, [0.025, 0.975], method="inverted_cdf")
-    return Recommendation(spec.recommended_rank, (int(lo), int(hi)), k, spec.noise.null, n_boot)
+    signal = np.asarray(spec.noise.signal, float)
+    rank = spec.recommended_rank if gain is None else pick((signal / signal.max()) ** 2 if signal.max() > 0 else signal)
+    return Recommendation(rank, (int(lo), int(hi)), k, spec.noise.null, n_boot, rule)
 
 
 def within_one_doubling(rank: float | None, elbow: float | None) -> bool | None:

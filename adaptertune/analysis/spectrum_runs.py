@@ -269,11 +269,13 @@ def _csv_rows(report: SpectrumReport) -> list[dict]:
 
 
 _REC_TABLE = (("group", "group", "{}"), ("from run", "run", "{}"), ("signif.", "significant", "{}"),
-              ("null", "noise_null", "{}"), ("rec.rank", "recommended_rank", "{}"), ("95% CI", "recommended_ci", "{}"),
-              ("measured elbow", "measured_elbow", "{:g}"), ("within 2x", "within_one_doubling", "{}"))
-_REC_TEXT = ("fewest directions above the noise of the sweep's highest-rank run holding the energy target of their "
-             "above-noise energy, interval: samples resampled; measured elbow: the doubling rule on the sweep's "
-             "accuracy means; within 2x: elbow/2 <= rec.rank <= 2 elbow")
+              ("null", "noise_null", "{}"), ("gain", "gain", "{:.1f}"), ("rec.rank", "recommended_rank", "{}"),
+              ("95% CI", "recommended_ci", "{}"), ("measured elbow", "measured_elbow", "{:g}"), ("within 2x", "within_one_doubling", "{}"))
+_REC_TEXT = ("from the directions above the noise of the sweep's highest-rank run: with a head-only run of the same "
+             "configuration, the smallest rank from which every doubling gains < 0.5 points if accuracy follows their "
+             "above-noise energy (head-only as rank 0; gain: the run's points over it), else the fewest holding the "
+             "energy target; interval: samples resampled; measured elbow: the doubling rule on the sweep's accuracy "
+             "means; within 2x: elbow/2 <= rec.rank <= 2 elbow")
 _FOOTNOTE = ("* the noise does not look white (Marchenko–Pastur fit, row/column energies or kurtosis): counted under "
              "the robust null (biwhitened; the smaller of a parallel-analysis and an edge-spacing count).")
 
@@ -325,7 +327,9 @@ def run_command(args) -> int:
 
 def sweep_recommendations(found, *, alpha: float = 0.01, energy_target: float = 0.95, n_boot: int = 50) -> list[dict]:
     """Per adapter rank sweep (`capacity.collect`'s sweeps): the recommendation from its highest-rank run
-    with features (the first seed) and the sweep's measured elbow (the doubling rule on the rank means)."""
+    with features (the first seed) and the sweep's measured elbow (the doubling rule on the rank means).
+    With head-only runs of the same configuration (`head_accuracy`) the recommendation uses the run's gain
+    over them (`recommend`'s doubling rule), else the energy target."""
     from .capacity import _columns, collect, group_label
     from .capacity_fit import DELTA, means_elbow
 
@@ -340,12 +344,28 @@ def sweep_recommendations(found, *, alpha: float = 0.01, energy_target: float = 
         arrays = runs[0][3].features()
         if "frozen" not in arrays or "adapted" not in arrays:
             continue
-        rec = recommend(arrays["frozen"], arrays["adapted"], alpha=alpha, energy_target=energy_target, n_boot=n_boot)
+        head = head_accuracy(found.runs, runs[0][3].config)
+        gain = None if head is None else runs[0][2] - head
+        rec = recommend(arrays["frozen"], arrays["adapted"], alpha=alpha, energy_target=energy_target, n_boot=n_boot,
+                        gain=gain, delta=DELTA)
         ranks = np.array([m[0] for m in members], float)
         levels = np.unique(ranks)
         means = np.array([np.mean([m[2] for m in members if m[0] == r]) for r in levels])
         elbow = float(means_elbow(levels, means, DELTA)) if levels.size >= 2 else None
         out.append({"group": group_label(_columns(members, key)), "run": runs[0][3].id, "from_rank": top,
-                    **rec.to_dict(), "measured_elbow": elbow if elbow is None or math.isfinite(elbow) else None,
+                    "gain": gain, **rec.to_dict(),
+                    "measured_elbow": elbow if elbow is None or math.isfinite(elbow) else None,
                     "within_one_doubling": within_one_doubling(rec.rank, elbow)})
     return out
+
+
+def head_accuracy(runs, config: dict) -> float | None:
+    """Test accuracy of the head-only run of `config`'s configuration (the same config key with method "head")
+    and seed, else the mean over that configuration's head-only seeds; None when there is none."""
+    want = replace(groups.config_of(config), method="head").config_key()
+    heads = {r.config.get("seed"): r.summary.get("test_acc1") for r in runs
+             if r.config.get("method") == "head" and groups.config_key(r.config) == want}
+    heads = {seed: float(acc) for seed, acc in heads.items() if isinstance(acc, (int, float)) and math.isfinite(acc)}
+    if not heads:
+        return None
+    return heads.get(config.get("seed"), float(np.mean(list(heads.values()))))

@@ -1,0 +1,44 @@
+"""The planted validation's sweeps: the demo's runs where it has them, wider where k* needs it."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+from adaptertune.demo import plan_runs
+
+
+def _module():
+    path = Path(__file__).parents[1] / "benchmarks" / "planted_validation.py"
+    spec = importlib.util.spec_from_file_location("planted_validation", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_sweeps_are_the_demos_runs_widened_only_where_k_needs_it():
+    pv = _module()
+    assert {c.run_id for c in pv.plan(8)} == {c.run_id for c in plan_runs(8)}     # finished demo runs are reused
+    assert pv.sweep_ranks(16, 48) == [1, 2, 4, 8, 16, 32, 48]                        # 4k* = 64 > vit_nano's width
+    assert pv.sweep_ranks(16, 64) == [1, 2, 4, 8, 16, 32, 64]
+    assert pv.sweep_ranks(4, 48, factor=4) == [1, 2, 4, 8, 16]
+    wide = pv.plan(16, "vit_micro", "all")
+    assert {c.num_classes for c in wide} == {20} and {c.backbone for c in wide} == {"vit_micro"}
+    assert sorted({c.rank for c in wide if c.method == "adapter"}) == [1, 2, 4, 8, 16, 32, 64]
+    assert {c.blocks for c in wide if c.method == "adapter"} == {"all"}
+    assert {c.lr for c in pv.plan(4, lr=0.01) if c.method != "full"} == {0.01}
+    assert {c.lr for c in pv.plan(4, lr=0.01) if c.method == "full"} == {c.lr for c in plan_runs(4) if c.method == "full"}
+
+
+def test_block_variants_share_the_finished_head_and_full_runs(tmp_path):
+    pv = _module()
+    last, every = pv.plan(4, blocks="last:1"), pv.plan(4, blocks="all")
+    baselines = {c.run_id for c in last if c.method in ("head", "full")}
+    assert baselines == {c.run_id for c in every if c.method in ("head", "full")}   # blocks are the adapter's
+    done = pv.sweep_dir(tmp_path, "vit_nano", "last:1", 4) / "runs"
+    for i, run_id in enumerate(sorted(baselines)):
+        (done / run_id).mkdir(parents=True)
+        (done / run_id / "summary.json").write_text(json.dumps({"status": "complete" if i else "failed"}))
+    target = pv.sweep_dir(tmp_path, "vit_nano", "all", 4) / "runs"
+    copied = pv.reuse_baselines(every, target, tmp_path)
+    assert sorted(copied) == sorted(baselines)[1:] and all((target / r / "summary.json").exists() for r in copied)
+    assert pv.reuse_baselines(every, target, tmp_path) == copied                     # nothing twice, still named
