@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from adaptertune.analysis import noise
+from adaptertune.analysis import noise, noise_robust
 from adaptertune.analysis.spectrum import spectrum
 
 N, D = 300, 32
@@ -88,19 +88,19 @@ def test_diagnostics_are_near_their_white_values_and_move_with_a_variance_profil
 def test_biwhitening_equalizes_row_and_column_mean_squares():
     rng = np.random.default_rng(5)
     x = rng.uniform(-1, 1, (200, 30)) * rng.uniform(0.2, 5, (200, 1)) * rng.uniform(0.2, 5, 30)  # no outliers to clip
-    y = noise.biwhiten(x, center=False)     # (re-centering then takes each row's share of the weighted means)
+    y = noise_robust.biwhiten(x, center=False)     # (re-centering then takes each row's share of the weighted means)
     rows, cols = (y * y).mean(1), (y * y).mean(0)
     assert np.ptp(rows) / rows.mean() < 0.05 and np.ptp(cols) / cols.mean() < 0.05
     assert np.ptp((x * x).mean(1)) / (x * x).mean() > 3                            # before: far from equal
-    assert np.linalg.matrix_rank(noise.biwhiten(planted(rng, 3, 200, 30, 10.0)), tol=1e-8) <= 4  # rank kept (+ centering)
+    assert np.linalg.matrix_rank(noise_robust.biwhiten(planted(rng, 3, 200, 30, 10.0)), tol=1e-8) <= 4  # rank kept (+ centering)
 
 
 def test_edge_reference_matches_dense_gaussian_matrices():
     """The bidiagonal sampler of the edge-spacing law agrees with eigenvalues of dense white matrices."""
     rng = np.random.default_rng(6)
     big, small, kmax = 80, 24, 6
-    ref = noise._edge_reference(big, small, kmax)
-    dense = [noise.spacing_ratios(np.linalg.eigvalsh((g := rng.standard_normal((big, small))).T @ g)[::-1], kmax).max()
+    ref = noise_robust._edge_reference(big, small, kmax)
+    dense = [noise_robust.spacing_ratios(np.linalg.eigvalsh((g := rng.standard_normal((big, small))).T @ g)[::-1], kmax).max()
              for _ in range(300)]
     assert stats.ks_2samp(ref, dense).pvalue > 0.01
 
@@ -110,6 +110,6 @@ def test_deflated_parallel_analysis_finds_an_exact_rank_behind_strong_directions
     u = rng.standard_normal((500, 8)) * np.array([6, 4, 3, 1, 1, 1, 1, 1.0])  # 3 strong, 5 weak directions
     x = u @ np.linalg.qr(rng.standard_normal((40, 8)))[0].T + 0.05 * rng.standard_normal((500, 40))
     y = x - x.mean(0)
-    lam = noise._eigenvalues(y)
-    assert noise.permutation_count(y, lam, 0.01, 99, rng, 20) == 8
-    assert noise.edge_count(lam, 499, 40, 0.01, 20) == 8
+    lam = noise_robust._eigenvalues(y)
+    assert noise_robust.permutation_count(y, lam, 0.01, 99, rng, 20) == 8
+    assert noise_robust.edge_count(lam, 499, 40, 0.01, 20) == 8

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import UserError
 from .capacity_models import DELTA
-from .noise import _noise_variance
+from .noise_white import _noise_variance
 
 
 @dataclass(frozen=True)

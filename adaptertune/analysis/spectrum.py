@@ -29,7 +29,8 @@ import numpy as np
 import scipy.linalg
 
 from ..errors import UserError
-from .noise import NoiseFloor, noise_floor, tw1_cdf, tw1_quantile  # noqa: F401  (re-exported)
+from .noise import NoiseFloor, noise_floor  # noqa: F401  (re-exported)
+from .noise_white import tw1_cdf, tw1_quantile  # noqa: F401  (re-exported)
 
 LEVELS = (0.9, 0.95, 0.99)  # energy shares reported as rank90 / rank95 / rank99
 _REFINE = 1e-5  # eigenvalues of the Gram below this share of the top one are recomputed (see _singular_values)
