@@ -1,5 +1,6 @@
-"""Shared test helpers: fake run directories written through the real run-directory code."""
+"""Shared test helpers: fake run directories written through the real run-directory code, benchmark scripts as modules."""
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,15 @@ def write_fake_run(root: Path, *, features: dict | None = None, status: str = "c
         runs.save_arrays(path / "features.safetensors", features)
     runs.write_json(path / "summary.json", {"status": status, **(summary or {})})
     return path
+
+
+def load_benchmark(name: str):
+    """benchmarks/{name}.py imported as a module (benchmarks/ is not a package)."""
+    path = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture

@@ -1,9 +1,7 @@
 """Capacity fits on simulated sweeps with known parameters, and `adaptertune analyze capacity`."""
 
 import csv
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +12,8 @@ from adaptertune.analysis.capacity import analyze_runs
 from adaptertune.analysis.theory import power_law_elbow
 from adaptertune.cli import main
 from adaptertune.errors import UserError
+
+from conftest import load_benchmark
 
 DOUBLING = (4, 8, 16, 32, 64)
 
@@ -129,20 +129,12 @@ def test_elbow_interval_carries_the_uncertainty_of_choosing_the_family():
     assert hits >= 21 and hits >= fixed + 2, (hits, fixed)
 
 
-def _elbow_coverage():
-    path = Path(__file__).parents[1] / "benchmarks" / "elbow_coverage.py"
-    spec = importlib.util.spec_from_file_location("elbow_coverage", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_elbow_interval_covers_the_true_elbow_on_a_handful_of_simulated_sweeps():
     """A small version of benchmarks/elbow_coverage.py: power-law truths, 3 seeds, 12 sweeps in each regime
     (small, inside, beyond the swept ranks). A calibrated 95% interval misses at most 4 of 36 sweeps 96% of
     the time (seen: 1); a 70% one missed 6 of these, one without width all; always [first rank, inf) has no
     finite width."""
-    bench = _elbow_coverage()
+    bench = load_benchmark("elbow_coverage")
     rng = np.random.default_rng(3)
     cells = [bench.cell("power", regime, 3, 12, 100, rng) for regime in bench.REGIMES.values()]
     assert sum(c["coverage"] for c in cells) * 12 >= 32 - 1e-9, cells

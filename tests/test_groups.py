@@ -6,7 +6,6 @@ A mixed folder, written directly as run directories: two datasets; per dataset a
 accuracy level, validation curve and shift rank, so pooling two of them shows in every number.
 """
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from adaptertune.analysis.claims import Claim, evaluate_claim
 from adaptertune.config import Config
 from adaptertune.demo import headline
 
-from conftest import write_fake_run
+from conftest import load_benchmark, write_fake_run
 
 BB = "vit_small_patch16_224"
 BASE = {"cifar10": 90.0, "cifar100": 70.0}
@@ -181,14 +180,6 @@ def test_report_builds_every_section_on_the_mixed_folder(mixed, tmp_path, monkey
 
 # -- a tie on validation: every chooser takes the smaller rank -------------------------------------------
 
-def _planted_validation():
-    path = Path(__file__).parents[1] / "benchmarks" / "planted_validation.py"
-    spec = importlib.util.spec_from_file_location("planted_validation", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_a_tie_on_validation_goes_to_the_smaller_rank_everywhere(make_run, tmp_path):
     common = dict(dataset="planted", backbone="vit_nano", blocks="last:1")  # the demo's sweep
     val = {2: 70.0, 4: 75.0, 8: 80.0, 16: 80.0}                           # r8 and r16 tie; "r16" < "r8" as text
@@ -204,5 +195,5 @@ def test_a_tie_on_validation_goes_to_the_smaller_rank_everywhere(make_run, tmp_p
     line = next(x for x in headline({"overview": table}, 4) if x.startswith("test acc1"))
     assert "adapter-r8-last1, chosen on val) 69.00" in line and "head 51.00" in line
     assert significance.load_table(root).selected == {("planted", "vit_nano", "adapter-last1"): (8, 80.0)}
-    rank, x, y = _planted_validation().adapter_vs_head(root)
+    rank, x, y = load_benchmark("planted_validation").adapter_vs_head(root)
     assert rank == 8 and list(x) == [68.0, 69.0, 70.0] and list(y) == [50.0, 51.0, 52.0]

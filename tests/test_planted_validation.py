@@ -1,22 +1,14 @@
 """The planted validation's sweeps: the demo's runs where it has them, wider where k* needs it."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 from adaptertune.demo import plan_runs
 
-
-def _module():
-    path = Path(__file__).parents[1] / "benchmarks" / "planted_validation.py"
-    spec = importlib.util.spec_from_file_location("planted_validation", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_benchmark
 
 
 def test_the_sweeps_are_the_demos_runs_widened_only_where_k_needs_it():
-    pv = _module()
+    pv = load_benchmark("planted_validation")
     assert {c.run_id for c in pv.plan(8)} == {c.run_id for c in plan_runs(8)}     # finished demo runs are reused
     assert pv.sweep_ranks(16, 48) == [1, 2, 4, 8, 16, 32, 48]                        # 4k* = 64 > vit_nano's width
     assert pv.sweep_ranks(16, 64) == [1, 2, 4, 8, 16, 32, 64]
@@ -30,7 +22,7 @@ def test_the_sweeps_are_the_demos_runs_widened_only_where_k_needs_it():
 
 
 def test_block_variants_share_the_finished_head_and_full_runs(tmp_path):
-    pv = _module()
+    pv = load_benchmark("planted_validation")
     last, every = pv.plan(4, blocks="last:1"), pv.plan(4, blocks="all")
     baselines = {c.run_id for c in last if c.method in ("head", "full")}
     assert baselines == {c.run_id for c in every if c.method in ("head", "full")}   # blocks are the adapter's
