@@ -1,6 +1,8 @@
-"""Shared test helpers: fake run directories written through the real run-directory code, benchmark scripts as modules."""
+"""Shared test helpers: fake run directories written through the real run-directory code, benchmark scripts as
+modules, small significance studies (run directories or tidy rows)."""
 
 import importlib.util
+import math
 from pathlib import Path
 
 import numpy as np
@@ -52,3 +54,37 @@ def quick_demo_runs(tmp_path_factory):
     from adaptertune import demo
 
     return demo.runs(tmp_path_factory.mktemp("quick-demo") / "runs", quick=True, log=lambda *a: None)
+
+
+# -- significance studies (test_significance, test_claims) -------------------------------------------------
+
+DATASETS = ("cifar10", "pets")
+BACKBONES = ("deit_tiny_patch16_224", "vit_small_patch16_224")
+RANKS = (4, 8, 16)
+
+
+def study(make_run, seeds=(0, 1, 2), gain=10.0, full_gain=6.0, noise=0.3, rng=None, skip=()):
+    """A small study: every dataset x backbone, head / full / adapter at RANKS, accuracy rising with rank."""
+    rng = rng or np.random.default_rng(0)
+    for i, d in enumerate(DATASETS):
+        for j, b in enumerate(BACKBONES):
+            base = 60.0 + 5 * i + 3 * j
+            for s in seeds:
+                runs = [("head", None, base), ("full", None, base + full_gain)]
+                runs += [("adapter", r, base + gain - 4.0 / math.log2(r)) for r in RANKS]
+                for method, rank, acc in runs:
+                    if (d, b, method, rank, s) in skip:
+                        continue
+                    test = acc + rng.normal(0, noise)
+                    make_run(dataset=d, backbone=b, method=method, rank=rank or 16, seed=s,
+                             summary={"test_acc1": test, "best_val_acc1": acc + rng.normal(0, noise)})
+
+
+def rows(values, *, val=None):
+    """Tidy rows from {(dataset, backbone, method, rank): [metric for seeds 0, 1, ...]}."""
+    out = []
+    for (d, b, m, r), accs in values.items():
+        for s, acc in enumerate(accs):
+            out.append({"dataset": d, "backbone": b, "method": m, "rank": r, "seed": s, "test_acc1": acc,
+                        "best_val_acc1": (val or {}).get((d, b, m, r), acc)})
+    return out
