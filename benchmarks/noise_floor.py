@@ -3,7 +3,8 @@
 For each noise kind that real features show — white Gaussian, heavy tails (Student t3 entries; a
 multivariate t3, i.e. a heavy-tailed scale per sample), a noise level varying across features or
 across samples (log-normal, sd 0.5 on the log scale), correlated features (AR(1), ρ = 0.5; and a
-power-law covariance, eigenvalues ∝ i^−0.5) — this draws pure-noise shifts and shifts with k planted
+power-law covariance, eigenvalues ∝ i^−0.5; and both at once: t3 entries or a multivariate t3, AR(1)-
+correlated) — this draws pure-noise shifts and shifts with k planted
 directions at twice the detection limit (θ = 2·σ·(NP)^¼, σ the noise's RMS per entry; the BBP
 transition for white noise), runs `spectrum()` on each and prints per kind and size:
 
@@ -43,8 +44,8 @@ def noise(kind: str, rng: np.random.Generator, n: int, d: int) -> tuple[np.ndarr
         x = rng.standard_normal((n, d)) * rng.lognormal(0, 0.5, (n, 1))
     elif kind == "both-variances":
         x = rng.standard_normal((n, d)) * rng.lognormal(0, 0.5, d) * rng.lognormal(0, 0.5, (n, 1))
-    elif kind in ("ar1", "smooth-cov", "spiked-cov"):
-        if kind == "ar1":
+    elif kind in ("ar1", "smooth-cov", "spiked-cov", "t3-ar1", "multivariate-t3-ar1"):
+        if kind.endswith("ar1"):
             i = np.arange(d)
             cov = 0.5 ** np.abs(i[:, None] - i[None, :])
         else:
@@ -52,7 +53,8 @@ def noise(kind: str, rng: np.random.Generator, n: int, d: int) -> tuple[np.ndarr
             ev = np.linspace(0.25, 1.75, d) if kind == "smooth-cov" else np.arange(1, d + 1) ** -0.5
             cov = (q * ev) @ q.T
         cov /= np.trace(cov) / d
-        x = rng.standard_normal((n, d)) @ np.linalg.cholesky(cov).T
+        z = noise(kind[:-4], rng, n, d)[0] if kind.endswith("-ar1") else rng.standard_normal((n, d))
+        x = z @ np.linalg.cholesky(cov).T      # heavy-tailed and correlated, or Gaussian and correlated
         scale = float(np.sqrt(np.linalg.eigvalsh(cov)[-1]))
     else:
         raise ValueError(kind)
@@ -63,7 +65,7 @@ def noise(kind: str, rng: np.random.Generator, n: int, d: int) -> tuple[np.ndarr
 # any test of one matrix must count (only replication across seeds, `shared_directions`, can tell a
 # seed's own structured noise from the task's); shown, not a target
 KINDS = ("white", "t3", "multivariate-t3", "feature-variance", "sample-variance", "both-variances", "ar1",
-         "smooth-cov", "spiked-cov")
+         "smooth-cov", "t3-ar1", "multivariate-t3-ar1", "spiked-cov")
 TARGETS = KINDS[:-1]
 
 

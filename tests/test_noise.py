@@ -49,6 +49,20 @@ def test_pure_noise_that_fools_the_white_floor_gives_no_direction_under_the_robu
         assert s.significant == 0 and s.recommended_rank == 0
 
 
+def test_noise_that_passes_the_diagnostic_is_capped_by_the_unscaled_edge_count(monkeypatch):
+    """When the noise looks white but shows no gap after the white count, the biwhitened tests do not get a
+    second chance at alpha: the unscaled edge test (valid there) caps their count; noise that fails the
+    diagnostic (a variance per sample) is not capped by it."""
+    claims = lambda x, **kw: {"permutation": 3, "edge": 3}  # noqa: E731  (the biwhitened tests claiming 3)
+    monkeypatch.setattr(noise, "robust_counts", claims)
+    rng = np.random.default_rng(1)
+    s = spectrum(pure("even-cov", rng, 120, 120))
+    assert s.noise.white and s.noise.counts["white"] > s.noise.counts["edge_unscaled"] == 0
+    assert s.noise.null == "robust" and s.significant == 0
+    s = spectrum(pure("sample-variance", rng))
+    assert not s.noise.white and s.noise.null == "robust" and s.significant == 3
+
+
 @pytest.mark.parametrize("kind, scale", [("t3", 1.0), ("sample-variance", 1.0), ("ar1", 2.0)])
 def test_planted_directions_at_twice_the_detection_limit_are_found_off_white_noise(kind, scale):
     # correlated noise: the limit is set by the noise along its strongest direction (AR(1) 0.6: ~2x its RMS)
