@@ -51,8 +51,10 @@ robust count is also capped by that unscaled edge count: the noise is then neith
 heavy-tailed, so the unscaled test is valid, and without the cap such noise had two chances at α — the
 edge test on the unscaled eigenvalues (keeping the white count) and again on the biwhitened ones: 1.4%
 false positives at most over 6000 draws of that noise (the permutation count taken as positive), 0.6%
-with the cap; what is left is the edge test's own rate (benchmarks/noise_floor.py: 1.1% over 1000). (The KS check alone, the previous `white`, passed i.i.d.
-t3 noise in which the white test found 3-5 false directions.) `NoiseFloor.null` says which was used. benchmarks/noise_floor.py measures false-positive rates and power per noise kind.
+with the cap; what is left is the edge test's own rate (1.1% over 1000 draws). (The KS check alone, the
+previous `white`, passed i.i.d. t3 noise in which the white test found 3-5 false directions.)
+`NoiseFloor.null` says which null was used; benchmarks/noise_floor.py measures false-positive rates and
+power per noise kind.
 
 Pure numpy/scipy; no torch.
 """
