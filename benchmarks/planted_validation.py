@@ -40,6 +40,7 @@ import dataclasses
 import json
 import math
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -51,6 +52,7 @@ from adaptertune.analysis.spectrum import spectrum
 from adaptertune.analysis.tables import text_table
 from adaptertune.backbones import TINY
 from adaptertune.demo import FULL, plan_runs
+from adaptertune.errors import UserError
 from adaptertune.runs import discover
 from adaptertune.sweep import run_sweep
 
@@ -312,7 +314,7 @@ def main(argv=None) -> int:
                    "demo's 1..32, doubled on to 4k*)")
     p.add_argument("--quick", action="store_true", help="the demo's quick settings (a smoke test, not a validation)")
     args = p.parse_args(argv)
-    rows = []
+    rows, failed = [], []
     for backbone in args.backbones.split(","):
         if backbone not in TINY:
             raise SystemExit(f"--backbones: {backbone!r} is not a tiny backbone ({', '.join(TINY)})")
@@ -320,7 +322,12 @@ def main(argv=None) -> int:
             for k in (int(v) for v in args.ranks.split(",")):
                 where = sweep_dir(args.out, backbone, blocks, k)
                 print(f"planted k* = {k}, {backbone}, blocks {blocks}: training into {where}", flush=True)
-                rows.append(validate(k, args.out, backbone, blocks, args.quick, args.lr, args.epochs, args.rank_factor))
+                try:
+                    rows.append(validate(k, args.out, backbone, blocks, args.quick, args.lr, args.epochs, args.rank_factor))
+                except UserError as e:  # e.g. another worker still training part of a shared sweep
+                    failed.append(f"planted k* = {k}, {backbone}, blocks {blocks}: {e} (rerun to re-analyse)")
+                    print("  " + failed[-1], flush=True)
+                    continue
                 print(f"  sweep {rows[-1]['sweep_seconds']:.0f}s, measured elbow {_f(rows[-1]['measured_elbow'], 'g')}, "
                       f"recommended {rows[-1]['recommended']:g}", flush=True)
     path = args.out / "planted_validation.json"
@@ -330,7 +337,9 @@ def main(argv=None) -> int:
     print()
     print(markdown(rows))
     path.write_text(json.dumps(rows, indent=1, default=float))
-    return 0
+    for line in failed:
+        print(line, file=sys.stderr)
+    return 1 if failed else 0
 
 
 def merged(old: list[dict], new: list[dict]) -> list[dict]:

@@ -34,3 +34,22 @@ def test_block_variants_share_the_finished_head_and_full_runs(tmp_path):
     copied = pv.reuse_baselines(every, target, tmp_path)
     assert sorted(copied) == sorted(baselines)[1:] and all((target / r / "summary.json").exists() for r in copied)
     assert pv.reuse_baselines(every, target, tmp_path) == copied                     # nothing twice, still named
+
+
+def test_a_sweep_that_cannot_be_analysed_is_one_line_and_exit_1_and_the_others_are_kept(tmp_path, monkeypatch, capsys):
+    from adaptertune.errors import UserError
+
+    pv = load_benchmark("planted_validation")
+    old = {"backbone": "vit_nano", "blocks": "last:1", "k": 2, "means": {}}
+    (tmp_path / "planted_validation.json").write_text(json.dumps([old]))
+
+    def validate(k, *args):  # a second worker's sweep still training: seeds missing for the paired test
+        raise UserError("planted/vit_nano: missing seeds for a paired test (adapter-last1 lacks seed(s) 2)")
+
+    monkeypatch.setattr(pv, "validate", validate)
+    monkeypatch.setattr(pv, "table", lambda rows: "")
+    monkeypatch.setattr(pv, "markdown", lambda rows: "")
+    assert pv.main(["--out", str(tmp_path), "--ranks", "4"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("planted k* = 4, vit_nano, blocks last:1: ") and "rerun" in err[0]
+    assert json.loads((tmp_path / "planted_validation.json").read_text()) == [old]   # earlier rows kept
