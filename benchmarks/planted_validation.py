@@ -25,7 +25,8 @@ then runs the analyses the demo runs and prints one row per (backbone, blocks, k
 Runs are resumable (finished runs are skipped), so a rerun only re-analyses; head-only and full runs,
 which do not depend on the blocks, are copied from another blocks' sweep of the same backbone and k*.
 Rows land in OUT/planted_validation.json, merged with the rows of earlier calls (one per backbone,
-blocks and k*), and the table prints them all. About 6-7 minutes per vit_nano last:1 sweep on two
+blocks, k* and training settings: `--epochs`/`--lr` sweeps get their own folder and row), and the table
+prints them all. About 6-7 minutes per vit_nano last:1 sweep on two
 idle CPU cores (358-401 s measured); every-block students take about twice as long per run, vit_micro
 about five times (measured on the quick settings). Usage:
 
@@ -97,8 +98,14 @@ def within_one_doubling(x: float | None, ref: float | None) -> bool:
     return bool(recommend.within_one_doubling(x, ref))
 
 
-def sweep_dir(out: Path, backbone: str, blocks: str, k: int) -> Path:
-    return out / f"{backbone}-{blocks.replace(':', '')}" / f"k{k}"
+def settings(lr: float | None = None, epochs: int | None = None) -> str:
+    """"" for the demo's training settings, else what differs ("-e24", "-lr0.01"): a sweep trained otherwise
+    is another experiment, with its own folder and its own row beside the demo-settings one."""
+    return (f"-lr{lr:g}" if lr is not None else "") + (f"-e{epochs}" if epochs is not None else "")
+
+
+def sweep_dir(out: Path, backbone: str, blocks: str, k: int, lr: float | None = None, epochs: int | None = None) -> Path:
+    return out / f"{backbone}-{blocks.replace(':', '')}" / f"k{k}{settings(lr, epochs)}"
 
 
 SHARED = "shared_baselines.json"  # in a sweep's folder: the head-only and full runs copied from another sweep
@@ -125,7 +132,7 @@ def reuse_baselines(configs: list, runs_dir: Path, out: Path) -> list[str]:
 def validate(k: int, out: Path, backbone: str = "vit_nano", blocks: str = "last:1", quick: bool = False,
              lr: float | None = None, epochs: int | None = None, factor: int | None = None, log=print) -> dict:
     """Train (or resume) the sweep of `plan` for planted rank k under `sweep_dir` and analyse it."""
-    root = sweep_dir(out, backbone, blocks, k)
+    root = sweep_dir(out, backbone, blocks, k, lr, epochs)
     runs_dir, analysis_dir = root / "runs", root / "analysis"
     configs = plan(k, backbone, blocks, quick, lr, epochs, factor)
     reused = reuse_baselines(configs, runs_dir, out)
@@ -214,6 +221,13 @@ def _f(v, fmt=".1f") -> str:
     return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 
 
+def _blocks(r: dict) -> str:
+    """The row's blocks, with the training settings where they are not the demo's ("all, 24 epochs")."""
+    changed = ([f"lr {r['lr']:g}"] if r.get("lr") is not None else []) + \
+        ([f"{r['epochs']} epochs"] if r.get("epochs") is not None else [])
+    return ", ".join([r["blocks"], *changed])
+
+
 def _ok(v) -> str:
     return "yes" if v else "NO"
 
@@ -227,7 +241,7 @@ def table(rows: list[dict]) -> str:
         lo, hi = r["elbow_ci"]
         seeds = "/".join(str(v["recommended_rank"]) for v in r["recommendations"])
         lines.append([
-            r["backbone"], r["blocks"], str(r["k"]),
+            r["backbone"], _blocks(r), str(r["k"]),
             f"{_f(r['elbow'])} [{_f(lo)}, {_f(hi) if hi is not None and math.isfinite(hi) else 'inf'}]",
             r["best_model"], p_text(r["lack_of_fit_p"]), _ok(r["elbow_ok"]),
             f"{_f(r['measured_elbow'], '.0f')} [{', '.join(_f(v, '.0f') if v else 'inf' for v in r['measured_ci'])}]",
@@ -242,7 +256,7 @@ def table(rows: list[dict]) -> str:
             "yes" if r["verdict_t"] == "significant" else r["verdict_t"]])
     out = [text_table(cols, lines)]
     means = ["accuracy by rank (mean of seeds): " + "; ".join(
-        f"{r['backbone']} {r['blocks']} k*={r['k']}: " + " ".join(f"r{rank} {acc:.1f}" for rank, acc in r["means"].items())
+        f"{r['backbone']} {_blocks(r)} k*={r['k']}: " + " ".join(f"r{rank} {acc:.1f}" for rank, acc in r["means"].items())
         for r in rows)]
     notes = ["elbow: smallest rank from which every doubling gains < 0.5 points (capacity fit, best by AICc; "
              "p lof: its lack-of-fit test against the rank means); measured: the same rule on the measured means "
@@ -263,15 +277,13 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         changed = []
         if r.get("lr") is not None:
-            changed.append(f"lr {r['lr']:g} (head, adapters)")
-        if r.get("epochs") is not None:
-            changed.append(f"{r['epochs']} epochs")
+            changed.append("the lr of the head and adapter runs (full fine-tuning keeps the demo's)")
         if r.get("factor") is not None:
             changed.append(f"ranks 1..{r['factor']}k* only")
         if r.get("reused"):
             changed.append("head and full runs shared with the last:1 sweep (they do not depend on the blocks)")
         if changed:
-            notes.append(f"{r['backbone']} {r['blocks']} k*={r['k']}: " + ", ".join(changed))
+            notes.append(f"{r['backbone']} {_blocks(r)} k*={r['k']}: " + ", ".join(changed))
     return "\n".join(out + means + notes)
 
 
@@ -288,7 +300,7 @@ def markdown(rows: list[dict]) -> str:
         seeds = "/".join(str(v["recommended_rank"]) for v in r["recommendations"])
         mark = lambda ok: "" if ok else " (✗)"  # noqa: E731
         lines.append("| " + " | ".join([
-            f"{r['backbone']}, {r['blocks']}", str(r["k"]), f"{_f(r['measured_elbow'], '.0f')} [{measured}]",
+            f"{r['backbone']}, {_blocks(r)}", str(r["k"]), f"{_f(r['measured_elbow'], '.0f')} [{measured}]",
             f"{_f(r['elbow'])} [{_f(lo)}, {hi}], {r['best_model']}",
             f"{_f(r['predicted_elbow'])}{mark(r['predicted_vs_measured_ok'])} / "
             f"{_f(r['predicted_adapter_elbow'])}{mark(r['predicted_adapter_vs_measured_ok'])}",
@@ -317,7 +329,7 @@ def main(argv=None) -> int:
             raise SystemExit(f"--backbones: {backbone!r} is not a tiny backbone ({', '.join(TINY)})")
         for blocks in args.blocks.split(","):
             for k in (int(v) for v in args.ranks.split(",")):
-                where = sweep_dir(args.out, backbone, blocks, k)
+                where = sweep_dir(args.out, backbone, blocks, k, args.lr, args.epochs)
                 print(f"planted k* = {k}, {backbone}, blocks {blocks}: training into {where}", flush=True)
                 try:
                     rows.append(validate(k, args.out, backbone, blocks, args.quick, args.lr, args.epochs, args.rank_factor))
@@ -341,9 +353,10 @@ def main(argv=None) -> int:
 
 def merged(old: list[dict], new: list[dict]) -> list[dict]:
     """The rows of `old` (an earlier run's JSON) that `new` does not redo, with `new`'s, in table order."""
-    key = lambda r: (r["backbone"], r["blocks"], r["k"])  # noqa: E731
+    key = lambda r: (r["backbone"], r["blocks"], r["k"], settings(r.get("lr"), r.get("epochs")))  # noqa: E731
     redone = {key(r) for r in new}
-    order = lambda r: (r["backbone"] != "vit_nano", r["backbone"], r["blocks"] != "last:1", r["blocks"], r["k"])  # noqa: E731
+    order = lambda r: (r["backbone"] != "vit_nano", r["backbone"], r["blocks"] != "last:1", r["blocks"], r["k"],  # noqa: E731
+                       settings(r.get("lr"), r.get("epochs")))
     return sorted([r for r in old if "backbone" in r and key(r) not in redone] + new, key=order)
 
 

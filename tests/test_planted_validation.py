@@ -53,3 +53,14 @@ def test_a_sweep_that_cannot_be_analysed_is_one_line_and_exit_1_and_the_others_a
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("planted k* = 4, vit_nano, blocks last:1: ") and "rerun" in err[0]
     assert json.loads((tmp_path / "planted_validation.json").read_text()) == [old]   # earlier rows kept
+
+
+def test_a_sweep_trained_longer_is_its_own_folder_and_row_beside_the_demo_settings_one():
+    pv = load_benchmark("planted_validation")
+    assert pv.sweep_dir(pv.Path("o"), "vit_nano", "all", 16) == pv.Path("o/vit_nano-all/k16")
+    assert pv.sweep_dir(pv.Path("o"), "vit_nano", "all", 16, epochs=24) == pv.Path("o/vit_nano-all/k16-e24")
+    assert {c.epochs for c in pv.plan(16, blocks="all", epochs=24)} == {24}
+    row = lambda **kw: {"backbone": "vit_nano", "blocks": "all", "k": 16, "lr": None, "epochs": None, **kw}  # noqa: E731
+    rows = pv.merged([row(), row(epochs=24, old=True)], [row(epochs=24)])
+    assert [r.get("epochs") for r in rows] == [None, 24] and "old" not in rows[1]     # redone in place, the other kept
+    assert pv._blocks(rows[1]) == "all, 24 epochs" and pv._blocks(rows[0]) == "all"
