@@ -72,7 +72,7 @@ def recommend(frozen, adapted=None, *, alpha: float = 0.01, energy_target: float
 
     gain: the run's accuracy minus head-only's (points); with it the rank follows `doubling_rank` at `delta`,
     without it the `energy_target` share."""
-    from .spectrum import _sample_rows, _shift_matrix, spectrum
+    from .spectrum import _sample_rows, _shift_matrix, energy_rank, spectrum
 
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     spec = spectrum(frozen, adapted, alpha=alpha, energy_target=energy_target, center=center)
@@ -81,10 +81,7 @@ def recommend(frozen, adapted=None, *, alpha: float = 0.01, energy_target: float
         return Recommendation(0, (0, 0), 0, spec.noise.null, 0, rule)
 
     def pick(signal_energy: np.ndarray) -> int:
-        if gain is not None:
-            return doubling_rank(signal_energy, gain, delta)
-        total = np.cumsum(signal_energy)
-        return int(np.searchsorted(total / total[-1], energy_target - 1e-12)) + 1 if total[-1] > 0 else 0
+        return energy_rank(signal_energy, energy_target) if gain is None else doubling_rank(signal_energy, gain, delta)
 
     x = _sample_rows(*_shift_matrix(frozen, adapted), center=False)
     n, d = x.shape

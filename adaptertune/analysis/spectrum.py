@@ -184,11 +184,16 @@ def _sample_rows(first: np.ndarray, second: np.ndarray | None, center: bool) -> 
     return x - x.mean(axis=0) if center else x
 
 
-def _recommended(signal: np.ndarray, target: float) -> int:
-    if len(signal) == 0 or signal.max() <= 0:
+def energy_rank(energy: np.ndarray, target: float) -> int:
+    """The fewest of `energy` (descending, non-negative) holding `target` of their sum; 0 when it is zero."""
+    total = np.cumsum(energy)
+    if total.size == 0 or not total[-1] > 0:
         return 0
-    energy = np.cumsum((signal / signal.max()) ** 2)
-    return int(np.searchsorted(energy / energy[-1], target - 1e-12, side="left")) + 1
+    return int(np.searchsorted(total / total[-1], target - 1e-12, side="left")) + 1
+
+
+def _recommended(signal: np.ndarray, target: float) -> int:
+    return energy_rank((signal / signal.max()) ** 2, target) if len(signal) and signal.max() > 0 else 0
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
