@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import Config
+from .config import METHOD_FIELDS, Config
 from .errors import UserError
 
 FINISHED = ("complete", "diverged")  # a sweep does not rerun these; "failed" is retried
@@ -192,7 +192,7 @@ class Run:
         return {
             "run": self.id, "path": str(self.path),
             "dataset": c.get("dataset"), "backbone": c.get("backbone"), "method": c.get("method"),
-            "rank": c.get("rank") if c.get("method") == "adapter" else None,
+            "rank": c.get("rank") if "rank" in METHOD_FIELDS.get(c.get("method"), ()) else None,  # the capacity axis
             **{k: c.get(k) for k in ("placement", "blocks", "init", "activation", "scale")},
             "seed": c.get("seed"), "key": self.key, "status": s.get("status"),
             **{k: s.get(k) for k in ("test_acc1", "test_acc5", "best_val_acc1", "trainable_params",

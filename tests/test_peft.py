@@ -171,6 +171,16 @@ def test_sweep_runs_group_per_family_with_their_parameter_counts(sweep):
     assert len(levels["lora-qkv+fc2"]) == 3
 
 
+def test_each_familys_capacity_axis_is_its_rank_in_rows_and_the_spectrum_by_rank(sweep, tmp_path):
+    from adaptertune.analysis import spectrum_runs
+    from adaptertune.runs import discover
+
+    ranks = {(r["method"], r["rank"]) for r in discover(sweep).rows()}
+    assert ranks == {("lora", 1), ("lora", 2), ("lora", 4), ("vpt", 1), ("vpt", 2), ("vpt", 4), ("bitfit", None)}
+    by_rank = spectrum_runs.analyze_runs(sweep, tmp_path / "analysis", plot=False).by_rank()
+    assert sorted((r["method"], r["rank"]) for r in by_rank) == sorted(m for m in ranks if m[1] is not None)
+
+
 def test_capacity_fits_each_family_against_params(make_run, tmp_path, rng):
     params = {"lora": lambda r: 1000 * r, "vpt": lambda t: 48 * t}
     for method, count in params.items():
