@@ -127,3 +127,17 @@ def test_deflated_parallel_analysis_finds_an_exact_rank_behind_strong_directions
     lam = noise_robust._eigenvalues(y)
     assert noise_robust.permutation_count(y, lam, 0.01, 99, rng, 20) == 8
     assert noise_robust.edge_count(lam, 499, 40, 0.01, 20) == 8
+
+
+def test_the_edge_test_looks_for_its_gap_only_among_the_directions_the_permutation_test_found(monkeypatch):
+    """A gap deeper than the permutation count is the bulk's own: it does not count (the count used to be the
+    permutation count whenever the edge test's largest gap lay beyond it: ~31 false directions on AR(1) noise)."""
+    rng = np.random.default_rng(8)
+    g = rng.standard_normal((400, 60))
+    lam = np.linalg.eigvalsh(g.T @ g)[::-1].copy()
+    lam[:20] += 40 * (lam[0] - lam[-1])                     # a gap after eigenvalue 20, deep in a scan of kmax 30
+    assert noise_robust.edge_count(lam, 399, 60, 0.01, 30) == 20
+    assert noise_robust.edge_count(lam, 399, 60, 0.01, 30, upto=5) == 0
+    monkeypatch.setattr(noise_robust, "permutation_count", lambda *a: 5)   # the robust counts scan to it
+    monkeypatch.setattr(noise_robust, "_eigenvalues", lambda y: lam)
+    assert noise_robust.robust_counts(g - g.mean(0), kmax=30) == {"permutation": 5, "edge": 0}

@@ -32,7 +32,10 @@ Two nulls, and a diagnostic that says which one applies (`noise_floor`):
     of the next SPREAD eigenvalues is free of the bulk's location and scale. Its law is simulated from the
     white Gaussian model of the same size (the Laguerre bidiagonal of Dumitriu & Edelman 2002);
     the count is the largest i ≤ kmax whose ratio exceeds the 1−α quantile of the maximum over
-    i ≤ kmax — family-wise ≤ α on a bulk.
+    i ≤ kmax — family-wise ≤ α on a bulk. The gap is looked for only among the directions the
+    permutation test found: one deeper can only be the bulk's own, and it used to turn the
+    permutation count into the answer (AR(1) noise at 200 × 200: 2 of 15 false positives in 1000
+    draws, ~31 false directions each).
   Taking the smaller count (an intersection–union rule) keeps the false-positive rate ≤ α whenever
   *either* null holds: i.i.d. heavy tails (permutation exact, edge test not), correlated features
   (edge test valid, permutation not), a variance profile over samples and/or features (biwhitening).
