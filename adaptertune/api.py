@@ -19,8 +19,9 @@ _SKIP = ("resolved", "env")  # config.json entries that describe the machine, no
 
 
 def rows(found) -> list[dict]:
-    """One flat dict per run of a `runs.Discovery`: run, path, label, key, every config field (rank:
-    None but for the families with a capacity axis: adapter, LoRA, VPT), every summary field (status, test_acc1, best_val_acc1, trainable_params, ...)."""
+    """One flat dict per run of a `runs.Discovery`: run, path, label, key, every config field (rank: None
+    but for the families with a capacity axis: adapter, LoRA, VPT), every summary field (status, test_acc1,
+    best_val_acc1, trainable_params, ...)."""
     from .analysis import groups
 
     labels = groups.labels([r.config for r in found.runs])

@@ -26,9 +26,9 @@ Runs are resumable (finished runs are skipped), so a rerun only re-analyses; hea
 which do not depend on the blocks, are copied from another blocks' sweep of the same backbone and k*.
 Rows land in OUT/planted_validation.json, merged with the rows of earlier calls (one per backbone,
 blocks, k* and training settings: `--epochs`/`--lr` sweeps get their own folder and row), and the table
-prints them all. About 6-7 minutes per vit_nano last:1 sweep on two
-idle CPU cores (358-401 s measured); every-block students take about twice as long per run, vit_micro
-about five times (measured on the quick settings). Usage:
+prints them all. About 6-7 minutes per vit_nano last:1 sweep on two idle CPU cores (358-401 s
+measured); every-block students take about twice as long per run, vit_micro about five times
+(measured on the quick settings). Usage:
 
     python benchmarks/planted_validation.py [--out DIR] [--ranks 2,4,8,16] [--backbones vit_nano,vit_micro]
         [--blocks last:1,all] [--rank-factor F] [--lr LR] [--epochs E] [--quick]

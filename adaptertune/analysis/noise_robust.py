@@ -154,7 +154,7 @@ def edge_count(lam: np.ndarray, big: int, small: int, alpha: float, kmax: int, u
     ref = min(small, _EDGE_SIZE)
     critical = float(np.quantile(_edge_reference(max(ref, round(big * ref / small)), ref, kmax), 1 - alpha,
                                  method="higher"))
-    above = np.nonzero(spacing_ratios(lam, kmax)[..., :upto] > critical)[0]
+    above = np.nonzero(spacing_ratios(lam, kmax)[:upto] > critical)[0]
     return int(above[-1]) + 1 if above.size else 0
 
 
