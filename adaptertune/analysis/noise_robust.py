@@ -74,7 +74,7 @@ def robust_counts(x: np.ndarray, *, alpha: float = 0.01, n_perm: int = N_PERM, k
     # the gap is looked for among the directions the permutation test found, at the critical value of all
     # kmax: a deeper one is the bulk's own (`noise`'s docstring)
     return {"permutation": permuted,
-            "edge": min(edge_count(lam, max(n - 1, d), small, alpha, kmax, upto=permuted), limit)}
+            "edge": edge_count(lam, max(n - 1, d), small, alpha, kmax, upto=permuted)}   # <= permuted <= limit
 
 
 def _kmax(small: int) -> int:
