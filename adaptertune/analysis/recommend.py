@@ -18,6 +18,8 @@ the same rule with the count held fixed, and takes the 2.5/97.5% percentiles.
 `spectrum_runs.sweep_recommendations` puts the recommendation beside the measured elbow for every
 sweep with a measured accuracy per rank, so a user sees whether one run would have told them the
 rank the whole sweep found (within one doubling: elbow/2 ≤ rank ≤ 2·elbow).
+The shift is read at the output: with adapters in several blocks it has the rank they build together, and
+how that divides among the blocks is not in its spectrum (each block can need less: README, planted validation).
 """
 
 from __future__ import annotations

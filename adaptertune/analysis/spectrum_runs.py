@@ -275,7 +275,8 @@ _REC_TEXT = ("from the directions above the noise of the sweep's highest-rank ru
              "configuration, the smallest rank from which every doubling gains < 0.5 points if accuracy follows their "
              "above-noise energy (head-only as rank 0; gain: the run's points over it), else the fewest holding the "
              "energy target; interval: samples resampled; measured elbow: the doubling rule on the sweep's accuracy "
-             "means; within 2x: elbow/2 <= rec.rank <= 2 elbow")
+             "means; within 2x: elbow/2 <= rec.rank <= 2 elbow. The shift is read at the output: with adapters in several "
+             "blocks it is the rank they build together, and each block can need less")
 _FOOTNOTE = ("* the noise does not look white (Marchenko–Pastur fit, row/column energies or kurtosis): counted under "
              "the robust null (biwhitened; the smaller of a parallel-analysis and an edge-spacing count).")
 
