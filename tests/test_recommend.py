@@ -63,6 +63,22 @@ def test_recommendation_from_the_gain_over_head_only_keeps_directions_worth_the_
     assert small.interval[0] <= 4 <= small.interval[1] and large.interval[0] <= 6 <= large.interval[1]
 
 
+def test_recommendation_with_a_gain_reads_a_shift_spread_over_many_comparable_directions():
+    # 40 directions whose energies fall smoothly (0.93^2 per direction), features of uneven noise: the robust
+    # null's edge-spacing test finds no gap (count 0) though parallel analysis counts all it may test
+    rng = np.random.default_rng(0)
+    n, d, m = 1000, 64, 40
+    v = np.linalg.qr(rng.standard_normal((d, d)))[0][:, :m]
+    spread = (rng.standard_normal((n, m)) * 0.93 ** np.arange(m)) @ v.T
+    frozen = rng.standard_normal((n, d))
+    adapted = frozen + spread + 0.05 * rng.standard_normal((n, d)) * rng.lognormal(0, 1, d)
+    rec = recommend(frozen, adapted, gain=16.0, n_boot=10)
+    truth = doubling_rank(0.93 ** (2 * np.arange(m)), gain=16.0)                    # 24
+    assert rec.null == "robust" and rec.significant == 0 and rec.directions > 0     # the edge test's blind spot
+    assert within_one_doubling(rec.rank, truth) and rec.interval[0] <= rec.rank <= rec.interval[1]
+    assert recommend(frozen, adapted, gain=0.2).rank == 0           # a gain below delta: nothing worth adapting
+
+
 def test_within_one_doubling():
     assert within_one_doubling(4, 8) and within_one_doubling(16, 8) and not within_one_doubling(3, 8)
     assert within_one_doubling(2, float("inf")) is None and within_one_doubling(None, 4) is None

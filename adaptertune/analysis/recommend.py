@@ -13,6 +13,14 @@ de-biased (above-noise) energies. Two rules pick the rank from them:
 - else the fewest directions holding `energy_target` of that energy (`Spectrum.recommended_rank`),
   which ignores how much accuracy the remaining share is worth.
 
+Under the robust null the count is the edge-spacing test's, which guards against correlated noise by
+looking for a gap after the last direction; a shift spread over many comparable directions has none,
+and the count is 0. One matrix cannot tell such a shift from correlated noise (`noise`), but a gain of
+`delta` points or more says the adapter built something, so there the doubling rule reads the robust
+null's other count, parallel analysis (a vit_micro every-block run 16 points over head-only: edge
+count 0, parallel analysis 32; recommended rank 0 before, 19 with it, for a planted k* = 16). Where
+the edge test finds a gap, its count stands: the directions past the gap are the bulk's.
+
 The interval resamples the samples (rows of Δ) with replacement, recomputes the singular values and
 the same rule with the count held fixed, and takes the 2.5/97.5% percentiles.
 `spectrum_runs.sweep_recommendations` puts the recommendation beside the measured elbow for every
@@ -37,7 +45,8 @@ from .noise_white import _noise_variance
 @dataclass(frozen=True)
 class Recommendation:
     """rank: recommended rank; interval: (lo, hi) 95% bootstrap interval; significant: directions above noise;
-    null: the noise null used; boot: bootstrap replicates; rule: "doubling" (from the accuracy gain) or "energy"."""
+    null: the noise null used; boot: bootstrap replicates; rule: "doubling" (from the accuracy gain) or "energy";
+    directions: how many directions the rule read (`significant`, or parallel analysis's count: module docstring)."""
 
     rank: int
     interval: tuple[int, int]
@@ -45,10 +54,16 @@ class Recommendation:
     null: str
     boot: int
     rule: str = "energy"
+    directions: int | None = None
+
+    def __post_init__(self):
+        if self.directions is None:
+            object.__setattr__(self, "directions", self.significant)
 
     def to_dict(self) -> dict:
         return {"recommended_rank": self.rank, "recommended_ci": list(self.interval), "significant": self.significant,
-                "noise_null": self.null, "recommended_boot": self.boot, "recommended_rule": self.rule}
+                "noise_null": self.null, "recommended_boot": self.boot, "recommended_rule": self.rule,
+                "recommended_directions": self.directions}
 
 
 def doubling_rank(energy, gain: float, delta: float = DELTA) -> int:
@@ -79,6 +94,8 @@ def recommend(frozen, adapted=None, *, alpha: float = 0.01, energy_target: float
     rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
     spec = spectrum(frozen, adapted, alpha=alpha, energy_target=energy_target, center=center)
     k, rule = spec.significant, "energy" if gain is None else "doubling"
+    if k == 0 and gain is not None and gain >= delta and spec.noise.null == "robust":   # no gap (docstring)
+        k = spec.noise.counts.get("permutation", 0)
     if k == 0:
         return Recommendation(0, (0, 0), 0, spec.noise.null, 0, rule)
 
@@ -96,9 +113,12 @@ def recommend(frozen, adapted=None, *, alpha: float = 0.01, energy_target: float
         lam = lam / lam[0] if lam[0] > 0 else lam
         ranks.append(pick(_noise_variance(lam, k, big, small)[1]))
     lo, hi = np.quantile(ranks, [0.025, 0.975], method="inverted_cdf")
-    signal = np.asarray(spec.noise.signal, float)
-    rank = spec.recommended_rank if gain is None else pick((signal / signal.max()) ** 2 if signal.max() > 0 else signal)
-    return Recommendation(rank, (int(lo), int(hi)), k, spec.noise.null, n_boot, rule)
+    dof = spec.n - 1 if center else spec.n        # the noise floor's de-biasing, of the top k directions
+    lam = np.zeros(min(dof, spec.d))
+    m = min(lam.size, spec.singular_values.size)
+    lam[:m] = (spec.singular_values[:m] / spec.singular_values[0]) ** 2
+    rank = spec.recommended_rank if gain is None else pick(_noise_variance(lam, k, max(dof, spec.d), lam.size)[1])
+    return Recommendation(rank, (int(lo), int(hi)), spec.significant, spec.noise.null, n_boot, rule, k)
 
 
 def within_one_doubling(rank: float | None, elbow: float | None) -> bool | None:

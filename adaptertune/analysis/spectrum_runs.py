@@ -269,14 +269,17 @@ def _csv_rows(report: SpectrumReport) -> list[dict]:
 
 
 _REC_TABLE = (("group", "group", "{}"), ("from run", "run", "{}"), ("signif.", "significant", "{}"),
-              ("null", "noise_null", "{}"), ("gain", "gain", "{:.1f}"), ("rec.rank", "recommended_rank", "{}"),
-              ("95% CI", "recommended_ci", "{}"), ("measured elbow", "measured_elbow", "{:g}"), ("within 2x", "within_one_doubling", "{}"))
+              ("null", "noise_null", "{}"), ("read", "recommended_directions", "{}"), ("gain", "gain", "{:.1f}"),
+              ("rec.rank", "recommended_rank", "{}"), ("95% CI", "recommended_ci", "{}"),
+              ("measured elbow", "measured_elbow", "{:g}"), ("within 2x", "within_one_doubling", "{}"))
 _REC_TEXT = ("from the directions above the noise of the sweep's highest-rank run: with a head-only run of the same "
              "configuration, the smallest rank from which every doubling gains < 0.5 points if accuracy follows their "
              "above-noise energy (head-only as rank 0; gain: the run's points over it), else the fewest holding the "
-             "energy target; interval: samples resampled; measured elbow: the doubling rule on the sweep's accuracy "
-             "means; within 2x: elbow/2 <= rec.rank <= 2 elbow. The shift is read at the output: with adapters in several "
-             "blocks it is the rank they build together, and each block can need less")
+             "energy target; read: the directions the rule read (where the robust null's edge-spacing count is 0 and the "
+             "gain >= 0.5, its parallel-analysis count: a shift spread over many comparable directions has no gap); "
+             "interval: samples resampled; measured elbow: the doubling rule on the sweep's accuracy means; within 2x: "
+             "elbow/2 <= rec.rank <= 2 elbow. The shift is read at the output: with adapters in several blocks it is "
+             "the rank they build together, and each block can need less")
 _FOOTNOTE = ("* the noise does not look white (Marchenko–Pastur fit, row/column energies or kurtosis): counted under "
              "the robust null (biwhitened; the smaller of a parallel-analysis and an edge-spacing count).")
 
