@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from adaptertune.analysis.recommend import doubling_rank, recommend, within_one_doubling
+from adaptertune.analysis.spectrum_runs import analyze_runs
 from adaptertune.errors import UserError
 from adaptertune.cli import main
 
@@ -63,20 +64,39 @@ def test_recommendation_from_the_gain_over_head_only_keeps_directions_worth_the_
     assert small.interval[0] <= 4 <= small.interval[1] and large.interval[0] <= 6 <= large.interval[1]
 
 
-def test_recommendation_with_a_gain_reads_a_shift_spread_over_many_comparable_directions():
-    # 40 directions whose energies fall smoothly (0.93^2 per direction), features of uneven noise: the robust
-    # null's edge-spacing test finds no gap (count 0) though parallel analysis counts all it may test
-    rng = np.random.default_rng(0)
-    n, d, m = 1000, 64, 40
+def spread_shift(rng, n=1000, d=64, m=40, decay=0.93):
+    """(frozen, adapted): a shift over m directions whose energies fall smoothly (decay^2 per direction), with
+    noise of uneven level across features; the robust null's edge-spacing test finds no gap in it (count 0)
+    though parallel analysis counts all it may test."""
     v = np.linalg.qr(rng.standard_normal((d, d)))[0][:, :m]
-    spread = (rng.standard_normal((n, m)) * 0.93 ** np.arange(m)) @ v.T
     frozen = rng.standard_normal((n, d))
-    adapted = frozen + spread + 0.05 * rng.standard_normal((n, d)) * rng.lognormal(0, 1, d)
+    adapted = frozen + (rng.standard_normal((n, m)) * decay ** np.arange(m)) @ v.T
+    return frozen, adapted + 0.05 * rng.standard_normal((n, d)) * rng.lognormal(0, 1, d)
+
+
+def test_recommendation_with_a_gain_reads_a_shift_spread_over_many_comparable_directions():
+    frozen, adapted = spread_shift(np.random.default_rng(0))
     rec = recommend(frozen, adapted, gain=16.0, n_boot=10)
-    truth = doubling_rank(0.93 ** (2 * np.arange(m)), gain=16.0)                    # 24
+    truth = doubling_rank(0.93 ** (2 * np.arange(40)), gain=16.0)                  # 24
     assert rec.null == "robust" and rec.significant == 0 and rec.directions > 0     # the edge test's blind spot
     assert within_one_doubling(rec.rank, truth) and rec.interval[0] <= rec.rank <= rec.interval[1]
     assert recommend(frozen, adapted, gain=0.2).rank == 0           # a gain below delta: nothing worth adapting
+
+
+def test_spectrum_command_marks_a_count_without_a_gap(make_run, tmp_path, capsys):
+    frozen, adapted = spread_shift(np.random.default_rng(0))
+    features = {"frozen": frozen.astype(np.float32), "adapted": adapted.astype(np.float32)}
+    make_run(method="adapter", rank=64, seed=0, dataset="planted", backbone="vit_micro", features=features,
+             summary={"test_acc1": 90.0})
+    make_run(method="head", seed=0, dataset="planted", backbone="vit_micro", summary={"test_acc1": 74.0})
+    assert main(["analyze", "spectrum", str(tmp_path / "runs")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"\s0\*†\s", out) and "† no gap" in out
+    report = json.loads((tmp_path / "runs" / "analysis" / "spectrum.json").read_text())
+    (rec,) = report["recommendations"]
+    assert rec["significant"] == 0 and rec["recommended_directions"] == report["runs"][0]["noise_counts"]["permutation"]
+    assert rec["recommended_rank"] > 0
+    assert "† no gap" in analyze_runs(tmp_path / "runs", tmp_path / "md").markdown()     # analyze report's section
 
 
 def test_within_one_doubling():

@@ -119,6 +119,11 @@ class SpectrumReport:
         """Whether any spectrum's noise bulk departs from white noise (its significant count is starred)."""
         return any(row.get("noise_white") is False for row in [r.summary() for r in self.runs] + self.block_rows())
 
+    def footnotes(self) -> list[str]:
+        """The footnotes of the marks `_starred` puts on the significant counts."""
+        rows = [r.summary() for r in self.runs] + self.block_rows()
+        return [_FOOTNOTE] * self.flagged() + [_NO_GAP] * any(_no_gap(row) for row in rows)
+
     def table(self) -> str:
         """Plain-text tables: one row per run; per block and per rank when there are any."""
         parts = [_text_table(_TABLE, _starred(r.summary() for r in self.runs))]
@@ -130,8 +135,7 @@ class SpectrumReport:
             parts.append(f"directions shared across seeds ({_SHARED_TEXT})\n" + _text_table(_SHARED_TABLE, self.shared))
         if self.recommendations:
             parts.append(f"rank recommendation from one run ({_REC_TEXT})\n" + _text_table(_REC_TABLE, self.recommendations))
-        if self.flagged():
-            parts.append(_FOOTNOTE)
+        parts += self.footnotes()
         return "\n\n".join(parts)
 
     def markdown(self) -> str:
@@ -152,8 +156,7 @@ class SpectrumReport:
                       _markdown_table(_SHARED_TABLE, self.shared), ""]
         if self.block_rows():
             lines += ["Per block:", "", _markdown_table(_BLOCK_TABLE, _starred(self.block_rows())), ""]
-        if self.flagged():
-            lines += [_FOOTNOTE.replace("*", "\\*", 1), ""]
+        lines += [line for note in self.footnotes() for line in (note.replace("*", "\\*", 1), "")]
         lines += [f"![{f.stem}]({f.name})" for f in self.files if f.suffix == ".png"]
         if self.notes:
             lines += ["", *[f"Note: {note}" for note in self.notes]]
@@ -284,8 +287,22 @@ _FOOTNOTE = ("* the noise does not look white (Marchenko–Pastur fit, row/colum
              "the robust null (biwhitened; the smaller of a parallel-analysis and an edge-spacing count).")
 
 
+_NO_GAP = ("† no gap: the robust null's edge-spacing test found none among the directions its parallel analysis "
+           "counts (noise_counts in spectrum.json), so the count is 0. The shift spreads over many comparable directions, "
+           "or the noise is correlated across features; one run cannot tell which, the seeds' shared directions and the "
+           "gain over head-only can (with a gain of 0.5 points or more the recommendation reads the parallel-analysis count).")
+
+
+def _no_gap(row: dict) -> bool:
+    """Counted 0 under the robust null for want of a gap, though parallel analysis found directions."""
+    counts = row.get("noise_counts") or {}
+    return row.get("noise_null") == "robust" and counts.get("edge") == 0 < counts.get("permutation", 0)
+
+
 def _starred(rows) -> list[dict]:
-    return [{**row, "significant": f"{row['significant']}*"} if row.get("noise_white") is False else row for row in rows]
+    """The rows with their significant count marked: * not white noise (`_FOOTNOTE`), † no gap (`_NO_GAP`)."""
+    marks = lambda row: "*" * (row.get("noise_white") is False) + "†" * _no_gap(row)  # noqa: E731
+    return [{**row, "significant": f"{row['significant']}{marks(row)}"} if marks(row) else row for row in rows]
 
 
 def _cells(columns, rows) -> tuple[list[str], list[list[str]], str]:
