@@ -14,8 +14,8 @@ transition for white noise), runs `spectrum()` on each and prints per kind and s
 - white-only fp: the false-positive rate the Marchenko–Pastur / Tracy–Widom test alone would have.
 
 Then a shift with no gap (`--spread-reps` draws, 1000 × 64): 40 directions whose strengths fall by 0.93
-per direction, the weakest at twice the detection limit, under white and feature-variance noise — what
-adapters in several blocks build. The robust null's edge-spacing test looks for a gap and finds none,
+per direction, the weakest at twice the detection limit, under white and feature-variance noise (like
+the shift of vit_micro's every-block adapters for the planted k* = 16). The robust null's edge-spacing test looks for a gap and finds none,
 so its count is 0 (the † of `analyze spectrum`); a correlated bulk looks the same to any test of one
 matrix. Printed: how often the count is 0, and how often `recommend` with a gain of 16 points (which
 then reads the parallel-analysis count) is within one doubling of the doubling rank of the true energies.
@@ -164,6 +164,7 @@ def targets(args) -> None:
     print(f"alpha = {args.alpha:g}, {args.reps} draws per cell and case, k = {args.k} planted directions at 2x the "
           f"detection limit; target: fp <= {2 * args.alpha:g} and found >= 0.90; {time.perf_counter() - start:.0f} s")
     print("all targets met" if ok else "some targets NOT met")
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

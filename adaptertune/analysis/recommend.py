@@ -54,11 +54,7 @@ class Recommendation:
     null: str
     boot: int
     rule: str = "energy"
-    directions: int | None = None
-
-    def __post_init__(self):
-        if self.directions is None:
-            object.__setattr__(self, "directions", self.significant)
+    directions: int = 0
 
     def to_dict(self) -> dict:
         return {"recommended_rank": self.rank, "recommended_ci": list(self.interval), "significant": self.significant,
@@ -97,7 +93,7 @@ def recommend(frozen, adapted=None, *, alpha: float = 0.01, energy_target: float
     if k == 0 and gain is not None and gain >= delta and spec.noise.null == "robust":   # no gap (docstring)
         k = spec.noise.counts.get("permutation", 0)
     if k == 0:
-        return Recommendation(0, (0, 0), 0, spec.noise.null, 0, rule)
+        return Recommendation(0, (0, 0), 0, spec.noise.null, 0, rule, 0)
 
     def pick(signal_energy: np.ndarray) -> int:
         return energy_rank(signal_energy, energy_target) if gain is None else doubling_rank(signal_energy, gain, delta)
