@@ -41,7 +41,12 @@ Two nulls, and a diagnostic that says which one applies (`noise_floor`):
   (edge test valid, permutation not), a variance profile over samples and/or features (biwhitening).
   Noise both heavy-tailed and correlated across features is covered by neither null exactly; there
   winsorizing leaves a light-tailed correlated bulk for the edge test, and benchmarks/noise_floor.py
-  measures it (t3 entries or a multivariate t3, AR(1)-mixed).
+  measures it (t3 entries or a multivariate t3, AR(1)-mixed). The price of the edge test: a shift
+  spread over many comparable directions, with no gap after the last, counts 0 — and must, since
+  correlated noise gives the same two counts (at 1000 × 64: parallel analysis 26-30, edge 0-1; a
+  vit_micro every-block shift 16 points over head-only: 32 and 0). `analyze spectrum` marks such a
+  count †, and `recommend` reads the parallel-analysis count there when the run's gain says it is
+  not noise.
 
 The diagnostic (`NoiseFloor.white`) passes when the bulk left by the white test fits the
 Marchenko–Pastur law (Kolmogorov–Smirnov) and, once the white test's directions are projected out,
