@@ -76,7 +76,7 @@ import numpy as np
 import scipy.linalg
 
 from .noise_robust import N_PERM, _kmax, edge_count, robust_counts
-from .noise_white import _noise_variance, _white_count
+from .noise_white import _noise_variance, _unit_eigenvalues, _white_count
 
 _EPS = np.finfo(np.float64).eps
 
@@ -161,8 +161,7 @@ def noise_floor(singular_values, rows: int, cols: int, *, alpha: float = 0.01, r
     if small < 1 or len(s) == 0 or s[0] <= 0:
         return NoiseFloor(0, 0.0, 0.0, np.zeros(0), 0.0, 0.0, alpha, rows, cols, counts={"white": 0})
     unit = s[0]  # work in units of the top singular value: no overflow, and exactly scale-free
-    lam = np.zeros(small)
-    lam[: min(small, len(s))] = (s[:small] / unit) ** 2
+    lam = _unit_eigenvalues(s, small)
     numerical = int((np.sqrt(lam) > max(np.sqrt(lam[0]) * big * _EPS * 4, resolution / unit)).sum())
     k, threshold, bulk_ks = _white_count(lam, big, small, alpha, numerical)
     white = NoiseFloor(k, 0.0, 0.0, np.zeros(0), 0.0, bulk_ks, alpha, rows, cols, counts={"white": k})

@@ -51,6 +51,13 @@ def _mp_ks(x: np.ndarray, ratio: float) -> float:
     return float(max(np.max(np.arange(1, m + 1) / m - f), np.max(f - np.arange(m) / m)))
 
 
+def _unit_eigenvalues(s: np.ndarray, small: int) -> np.ndarray:
+    """(small,): the squared singular values s (descending, s[0] > 0) in units of the top one, zero-padded."""
+    lam = np.zeros(small)
+    lam[: min(small, len(s))] = (s[:small] / s[0]) ** 2
+    return lam
+
+
 def _noise_variance(lam: np.ndarray, k: int, big: int, small: int) -> tuple[float, np.ndarray]:
     """Noise variance σ² and de-biased signal energies θj² (j < k) if the top k directions are signal.
 

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import UserError
 from .capacity_models import DELTA
-from .noise_white import _noise_variance
+from .noise_white import _noise_variance, _unit_eigenvalues
 
 
 @dataclass(frozen=True)
@@ -110,9 +110,7 @@ def recommend(frozen, adapted=None, *, alpha: float = 0.01, energy_target: float
         ranks.append(pick(_noise_variance(lam, k, big, small)[1]))
     lo, hi = np.quantile(ranks, [0.025, 0.975], method="inverted_cdf")
     dof = spec.n - 1 if center else spec.n        # the noise floor's de-biasing, of the top k directions
-    lam = np.zeros(min(dof, spec.d))
-    m = min(lam.size, spec.singular_values.size)
-    lam[:m] = (spec.singular_values[:m] / spec.singular_values[0]) ** 2
+    lam = _unit_eigenvalues(spec.singular_values, min(dof, spec.d))
     rank = spec.recommended_rank if gain is None else pick(_noise_variance(lam, k, max(dof, spec.d), lam.size)[1])
     return Recommendation(rank, (int(lo), int(hi)), spec.significant, spec.noise.null, n_boot, rule, k)
 

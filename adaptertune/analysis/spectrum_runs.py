@@ -115,14 +115,11 @@ class SpectrumReport:
                 "skipped": [{"run": run, "reason": why} for run, why in self.skipped],
                 "notes": list(self.notes), "files": [f.name for f in self.files]}
 
-    def flagged(self) -> bool:
-        """Whether any spectrum's noise bulk departs from white noise (its significant count is starred)."""
-        return any(row.get("noise_white") is False for row in [r.summary() for r in self.runs] + self.block_rows())
-
     def footnotes(self) -> list[str]:
-        """The footnotes of the marks `_starred` puts on the significant counts."""
+        """The footnotes of the marks `_starred` puts on the significant counts of any run or block."""
         rows = [r.summary() for r in self.runs] + self.block_rows()
-        return [_FOOTNOTE] * self.flagged() + [_NO_GAP] * any(_no_gap(row) for row in rows)
+        return ([_FOOTNOTE] * any(row.get("noise_white") is False for row in rows)
+                + [_NO_GAP] * any(_no_gap(row) for row in rows))
 
     def table(self) -> str:
         """Plain-text tables: one row per run; per block and per rank when there are any."""
@@ -301,8 +298,11 @@ def _no_gap(row: dict) -> bool:
 
 def _starred(rows) -> list[dict]:
     """The rows with their significant count marked: * not white noise (`_FOOTNOTE`), † no gap (`_NO_GAP`)."""
-    marks = lambda row: "*" * (row.get("noise_white") is False) + "†" * _no_gap(row)  # noqa: E731
-    return [{**row, "significant": f"{row['significant']}{marks(row)}"} if marks(row) else row for row in rows]
+    marked = []
+    for row in rows:
+        mark = "*" * (row.get("noise_white") is False) + "†" * _no_gap(row)
+        marked.append({**row, "significant": f"{row['significant']}{mark}"} if mark else row)
+    return marked
 
 
 def _cells(columns, rows) -> tuple[list[str], list[list[str]], str]:
