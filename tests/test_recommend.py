@@ -88,11 +88,16 @@ def test_spectrum_command_marks_a_count_without_a_gap(make_run, tmp_path, capsys
     features = {"frozen": frozen.astype(np.float32), "adapted": adapted.astype(np.float32)}
     make_run(method="adapter", rank=64, seed=0, dataset="planted", backbone="vit_micro", features=features,
              summary={"test_acc1": 90.0})
+    gap = {"frozen": frozen.astype(np.float32), "adapted": (frozen + 3 * frozen[:, :1]).astype(np.float32)}
+    make_run(method="adapter", rank=64, seed=1, dataset="planted", backbone="vit_micro", features=gap,
+             summary={"test_acc1": 90.0})
     make_run(method="head", seed=0, dataset="planted", backbone="vit_micro", summary={"test_acc1": 74.0})
     assert main(["analyze", "spectrum", str(tmp_path / "runs")]) == 0
     out = capsys.readouterr().out
     assert re.search(r"\s0\*†\s", out) and "† no gap" in out
     report = json.loads((tmp_path / "runs" / "analysis" / "spectrum.json").read_text())
+    (cell,) = report["by_rank"]                              # seed 1's shift has a gap: the mean averages one zero
+    assert cell["runs"] == 2 and cell["no_gap"] == 1 and re.search(rf"\s{cell['significant']:.1f}†\s", out)
     (rec,) = report["recommendations"]
     assert rec["significant"] == 0 and rec["recommended_directions"] == report["runs"][0]["noise_counts"]["permutation"]
     assert rec["recommended_rank"] > 0

@@ -34,7 +34,7 @@ _BLOCK_TABLE = (("run", "run", "{}"), ("block", "block", "{}"), ("eff.rank", "ef
 _RANK_TABLE = (("dataset", "dataset", "{}"), ("backbone", "backbone", "{}"), ("configuration", "label", "{}"),
                ("runs", "runs", "{}"),
                ("eff.rank", "effective_rank", "{:.2f}"), ("± sd", "effective_rank_sd", "{:.2f}"),
-               ("signif.", "significant", "{:.1f}"), ("rec.rank", "recommended_rank", "{:.1f}"),
+               ("signif.", "significant", "{}"), ("rec.rank", "recommended_rank", "{:.1f}"),
                ("util.", "utilization", "{:.2f}"))
 _SHARED_TABLE = (("group", "group", "{}"), ("seeds", "shared_seeds", "{}"), ("shared", "shared", "{}"),
                  ("top ICCs", "icc_top", "{}"))
@@ -85,7 +85,8 @@ class SpectrumReport:
 
     def by_rank(self) -> list[dict]:
         """Per configuration with an adapter rank (`groups`: dataset, backbone, config key), across its
-        seeds: mean effective rank (and sd), significant, recommended rank, utilization; in `groups.order`."""
+        seeds: mean effective rank (and sd), significant (and `no_gap`: how many of its runs count 0 for want
+        of a gap, `_NO_GAP`), recommended rank, utilization; in `groups.order`."""
         cells: dict[tuple, list[RunSpectrum]] = {}
         for r in self.runs:
             if r.row.get("rank"):
@@ -100,6 +101,7 @@ class SpectrumReport:
                         "effective_rank": float(erank.mean()),
                         "effective_rank_sd": float(erank.std(ddof=1)) if len(members) > 1 else 0.0,
                         "significant": float(np.mean([m.spectrum.significant for m in members])),
+                        "no_gap": sum(_no_gap(m.summary()) for m in members),
                         "recommended_rank": float(np.mean([m.spectrum.recommended_rank for m in members])),
                         "utilization": float(erank.mean() / rank)})
         return sorted(out, key=lambda b: (str(b["dataset"]), str(b["backbone"]), groups.order(b["label"])))
@@ -127,7 +129,7 @@ class SpectrumReport:
         if self.block_rows():
             parts.append("per block\n" + _text_table(_BLOCK_TABLE, _starred(self.block_rows())))
         if self.by_rank():
-            parts.append("per configuration with an adapter rank (mean over its seeds)\n" + _text_table(_RANK_TABLE, self.by_rank()))
+            parts.append("per configuration with an adapter rank (mean over its seeds)\n" + _text_table(_RANK_TABLE, _marked_means(self.by_rank())))
         if self.shared:
             parts.append(f"directions shared across seeds ({_SHARED_TEXT})\n" + _text_table(_SHARED_TABLE, self.shared))
         if self.recommendations:
@@ -147,7 +149,7 @@ class SpectrumReport:
                  f"of the above-noise energy; utilization = effective rank / adapter rank.", "",
                  _markdown_table(_TABLE, _starred(r.summary() for r in self.runs)), ""]
         if self.by_rank():
-            lines += ["Per configuration with an adapter rank, mean over its seeds:", "", _markdown_table(_RANK_TABLE, self.by_rank()), ""]
+            lines += ["Per configuration with an adapter rank, mean over its seeds:", "", _markdown_table(_RANK_TABLE, _marked_means(self.by_rank())), ""]
         if self.shared:
             lines += [f"Directions shared across seeds ({_SHARED_TEXT}):", "",
                       _markdown_table(_SHARED_TABLE, self.shared), ""]
@@ -287,7 +289,8 @@ _FOOTNOTE = ("* the noise does not look white (Marchenko–Pastur fit, row/colum
 _NO_GAP = ("† no gap: the robust null's edge-spacing test found none among the directions its parallel analysis "
            "counts (noise_counts in spectrum.json), so the count is 0. The shift spreads over many comparable directions, "
            "or the noise is correlated across features; one run cannot tell which, the seeds' shared directions and the "
-           "gain over head-only can (with a gain of 0.5 points or more the recommendation reads the parallel-analysis count).")
+           "gain over head-only can (with a gain of 0.5 points or more the recommendation reads the parallel-analysis count). "
+           "On a mean over seeds, † says it averages such zeros (no_gap in spectrum.json's by_rank: how many).")
 
 
 def _no_gap(row: dict) -> bool:
@@ -303,6 +306,11 @@ def _starred(rows) -> list[dict]:
         mark = "*" * (row.get("noise_white") is False) + "†" * _no_gap(row)
         marked.append({**row, "significant": f"{row['significant']}{mark}"} if mark else row)
     return marked
+
+
+def _marked_means(rows) -> list[dict]:
+    """The per-configuration rows with their mean significant count formatted, † where it averages `_no_gap` zeros."""
+    return [{**row, "significant": f"{row['significant']:.1f}" + "†" * (row["no_gap"] > 0)} for row in rows]
 
 
 def _cells(columns, rows) -> tuple[list[str], list[list[str]], str]:
