@@ -281,7 +281,7 @@ def table(rows: list[dict]) -> str:
         if r.get("factor") is not None:
             changed.append(f"ranks 1..{r['factor']}k* only")
         if r.get("reused"):
-            changed.append("head and full runs shared with the last:1 sweep (they do not depend on the blocks)")
+            changed.append("head and full runs shared with the sweep of other blocks (they do not depend on the blocks)")
         if changed:
             notes.append(f"{r['backbone']} {_blocks(r)} k*={r['k']}: " + ", ".join(changed))
     return "\n".join(out + means + notes)
