@@ -126,10 +126,11 @@ class SpectrumReport:
     def table(self) -> str:
         """Plain-text tables: one row per run; per block and per rank when there are any."""
         parts = [_text_table(_TABLE, _starred(r.summary() for r in self.runs))]
-        if self.block_rows():
-            parts.append("per block\n" + _text_table(_BLOCK_TABLE, _starred(self.block_rows())))
-        if self.by_rank():
-            parts.append("per configuration with an adapter rank (mean over its seeds)\n" + _text_table(_RANK_TABLE, _marked_means(self.by_rank())))
+        blocks, by_rank = self.block_rows(), self.by_rank()
+        if blocks:
+            parts.append("per block\n" + _text_table(_BLOCK_TABLE, _starred(blocks)))
+        if by_rank:
+            parts.append("per configuration with an adapter rank (mean over its seeds)\n" + _text_table(_RANK_TABLE, _marked_means(by_rank)))
         if self.shared:
             parts.append(f"directions shared across seeds ({_SHARED_TEXT})\n" + _text_table(_SHARED_TABLE, self.shared))
         if self.recommendations:
@@ -148,13 +149,14 @@ class SpectrumReport:
                  f"the recommended rank is the fewest of them holding {100 * o.get('energy_target', 0.95):g}% "
                  f"of the above-noise energy; utilization = effective rank / adapter rank.", "",
                  _markdown_table(_TABLE, _starred(r.summary() for r in self.runs)), ""]
-        if self.by_rank():
-            lines += ["Per configuration with an adapter rank, mean over its seeds:", "", _markdown_table(_RANK_TABLE, _marked_means(self.by_rank())), ""]
+        blocks, by_rank = self.block_rows(), self.by_rank()
+        if by_rank:
+            lines += ["Per configuration with an adapter rank, mean over its seeds:", "", _markdown_table(_RANK_TABLE, _marked_means(by_rank)), ""]
         if self.shared:
             lines += [f"Directions shared across seeds ({_SHARED_TEXT}):", "",
                       _markdown_table(_SHARED_TABLE, self.shared), ""]
-        if self.block_rows():
-            lines += ["Per block:", "", _markdown_table(_BLOCK_TABLE, _starred(self.block_rows())), ""]
+        if blocks:
+            lines += ["Per block:", "", _markdown_table(_BLOCK_TABLE, _starred(blocks)), ""]
         lines += [line for note in self.footnotes() for line in (note.replace("*", "\\*", 1), "")]
         lines += [f"![{f.stem}]({f.name})" for f in self.files if f.suffix == ".png"]
         if self.notes:
